@@ -1,0 +1,52 @@
+"""The paper's hybrid registration loss (eq. 2-5): MSE on CT + lambda_SPECT * LNCC on SPECT + lambda_reg * diffusion."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+from monai.networks.blocks import Warp
+from torch import nn
+
+# channels of the network input and of the loss target: fixed CT, moving CT, fixed SPECT, moving SPECT
+FIXED_CT, MOVING_CT, FIXED_SPECT, MOVING_SPECT = 0, 1, 2, 3
+
+
+class HybridRegistrationLoss(nn.Module):
+    """Loss of a predicted displacement field given the 4-channel image pair it was predicted from.
+
+    ``forward(ddf, images)``: ``ddf`` (B, 3, D, H, W) in voxels (pull-back, array-axis order), ``images``
+    (B, 4, D, H, W). The moving images are warped with MONAI's ``Warp`` and compared to the fixed ones:
+    ``ct_weight * MSE(CT) + spect_weight * (-LNCC(SPECT, 9^3)) + reg_weight * diffusion(ddf)``.
+    ``spect_weight=0`` gives the CT-only loss used for TransMorph (the SPECT is then not even warped).
+    Defaults are the paper's (lambda_SPECT = 0.1, lambda_reg = 8e-4).
+    """
+
+    def __init__(self, ct_weight: float = 1.0, spect_weight: float = 0.1, reg_weight: float = 8e-4,
+                 lncc_kernel: int = 9) -> None:
+        super().__init__()
+        if min(ct_weight, spect_weight, reg_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        self.ct_weight, self.spect_weight, self.reg_weight = ct_weight, spect_weight, reg_weight
+        self.warp = Warp(mode="bilinear", padding_mode="border")
+        self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=lncc_kernel,
+                                                        kernel_type="rectangular")
+        self.diffusion = DiffusionLoss()
+        self.last_terms: dict[str, float] = {}
+
+    def forward(self, ddf: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != 4 or ddf.shape[1] != 3 or ddf.shape[2:] != images.shape[2:]:
+            raise ValueError(f"expected ddf (B, 3, *S) and images (B, 4, *S), got {tuple(ddf.shape)} "
+                             f"and {tuple(images.shape)}")
+        ddf = ddf.float()
+        images = images.float()
+        terms: dict[str, torch.Tensor] = {}
+        if self.ct_weight:
+            warped_ct = self.warp(images[:, MOVING_CT : MOVING_CT + 1], ddf)
+            terms["ct_mse"] = torch.mean((warped_ct - images[:, FIXED_CT : FIXED_CT + 1]) ** 2)
+        if self.spect_weight:
+            warped_spect = self.warp(images[:, MOVING_SPECT : MOVING_SPECT + 1], ddf)
+            terms["spect_lncc"] = self.lncc(warped_spect, images[:, FIXED_SPECT : FIXED_SPECT + 1])
+        terms["diffusion"] = self.diffusion(ddf)
+        weights = {"ct_mse": self.ct_weight, "spect_lncc": self.spect_weight, "diffusion": self.reg_weight}
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        return sum(weights[k] * v for k, v in terms.items())

@@ -1,0 +1,69 @@
+"""Registration metrics on (field, 4-channel pair) batches, for the bundle's evaluator (paper section 2.4)."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import LocalNormalizedCrossCorrelationLoss
+from monai.metrics import CumulativeIterationMetric, SSIMMetric
+from monai.networks.blocks import Warp
+
+from .losses import FIXED_CT, FIXED_SPECT, MOVING_CT, MOVING_SPECT
+
+MEASURES = ("spect_lncc", "spect_ssim", "ct_l1", "ct_mse", "ct_ssim", "nonpositive_jacobian_pct")
+
+
+def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
+    """det(I + grad u) of the map p -> p + u(p), ``ddf`` (B, 3, D, H, W) in voxels; central differences.
+
+    Returns (B, D, H, W). Values <= 0 mark folding. Borders use one-sided differences (torch.gradient).
+    """
+    if ddf.ndim != 5 or ddf.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, D, H, W) field, got {tuple(ddf.shape)}")
+    grads = [torch.gradient(ddf[:, c], dim=(1, 2, 3)) for c in range(3)]  # grads[c][a] = d u_c / d x_a
+    j = [[grads[c][a] + (1.0 if a == c else 0.0) for a in range(3)] for c in range(3)]
+    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+
+
+class WarpedPairMetric(CumulativeIterationMetric):
+    """One registration measure per pair, from the predicted field and the (normalised) input pair.
+
+    ``measure`` is one of MEASURES. Similarities (LNCC, SSIM) are higher-is-better; L1/MSE and the
+    percentage of non-positive Jacobian determinants are lower-is-better. Use with MONAI's
+    ``IgniteMetricHandler`` and ``from_engine(['pred', 'label'])`` (label = the input pair).
+    """
+
+    def __init__(self, measure: str = "spect_lncc", lncc_kernel: int = 9) -> None:
+        super().__init__()
+        if measure not in MEASURES:
+            raise ValueError(f"unknown measure '{measure}' (choose from {', '.join(MEASURES)})")
+        self.measure = measure
+        self.warp = Warp(mode="bilinear", padding_mode="border")
+        self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=lncc_kernel,
+                                                        kernel_type="rectangular", reduction="none")
+        self.ssim = SSIMMetric(spatial_dims=3, data_range=1.0)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ddf = y_pred.float()
+        if ddf.ndim == 4:  # MONAI may decollate the batch: restore it
+            ddf, y = ddf[None], y[None]
+        if self.measure == "nonpositive_jacobian_pct":
+            return 100.0 * (jacobian_determinant(ddf) <= 0).float().mean(dim=(1, 2, 3))[:, None]
+        fixed_c, moving_c = (FIXED_SPECT, MOVING_SPECT) if self.measure.startswith("spect") else (FIXED_CT,
+                                                                                                  MOVING_CT)
+        fixed = y[:, fixed_c : fixed_c + 1].float()
+        warped = self.warp(y[:, moving_c : moving_c + 1].float(), ddf)
+        if self.measure == "spect_lncc":
+            return -self.lncc(warped, fixed).mean(dim=(1, 2, 3, 4))[:, None]
+        if self.measure.endswith("ssim"):
+            return self.ssim(warped, fixed).reshape(-1, 1)
+        diff = warped - fixed
+        values = diff.abs() if self.measure == "ct_l1" else diff**2
+        return values.mean(dim=(1, 2, 3, 4))[:, None]
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        data = self.get_buffer()
+        if data is None or (isinstance(data, torch.Tensor) and data.numel() == 0):
+            raise ValueError(f"no values accumulated for metric '{self.measure}'")
+        return data.float().mean()

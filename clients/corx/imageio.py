@@ -1,0 +1,94 @@
+"""NIfTI reading and atomic, clobber-safe writing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .errors import CorxError
+
+
+def load_image(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Load a NIfTI image, raising CorxError naming the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorxError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        if img.ndim < 3:
+            raise CorxError(f"{path}: expected a 3-D image, got shape {img.shape}")
+        return img
+    except CorxError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise CorxError(f"{path}: not a readable NIfTI image ({exc})") from exc
+
+
+def read_array(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Return (data, affine) of a NIfTI image, data cast to ``dtype`` (scaling applied)."""
+    img = load_image(path)
+    try:
+        data = np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:
+        raise CorxError(f"{path}: image data could not be read ({exc})") from exc
+    return data, img.affine.copy()
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; move it onto ``target`` only if the block succeeds.
+
+    Refuses an existing ``target`` unless ``overwrite``. A failure leaves no partial file under the final name.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise CorxError(f"{target}: already exists (use --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}-", suffix=f".tmp{suffix}",
+                                    dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_image(data: np.ndarray, affine: np.ndarray, target: str | os.PathLike, overwrite: bool = False,
+               dtype: Any = None) -> Path:
+    """Write ``data`` with ``affine`` (and qform/sform set from it) atomically as NIfTI."""
+    arr = np.asarray(data if dtype is None else data.astype(dtype))
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        nib.save(img, str(tmp))
+    return Path(target)
+
+
+def save_json(obj: Any, target: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``obj`` as indented JSON atomically."""
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return Path(target)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,176 @@
+"""The patient manifest: the input contract of every corx command (see README, "Patient manifest")."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CorxError
+from .imageio import load_image
+
+SUPPORTED_RADIONUCLIDES = ("Lu-177",)
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """One SPECT/CT acquisition: id, hours post-injection and resolved image paths."""
+
+    id: str
+    hours: float
+    ct: Path
+    spect: Path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated patient manifest with absolute paths."""
+
+    path: Path
+    patient_id: str
+    radionuclide: str
+    injected_activity_mbq: float
+    reference: str
+    timepoints: tuple[TimePoint, ...]
+    labels: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference_timepoint(self) -> TimePoint:
+        return next(tp for tp in self.timepoints if tp.id == self.reference)
+
+    @property
+    def hours(self) -> np.ndarray:
+        return np.array([tp.hours for tp in self.timepoints], dtype=np.float64)
+
+    @property
+    def truth_dir(self) -> Path:
+        """Where a phantom keeps its ground truth (may not exist for real patients)."""
+        return self.path.parent / "truth"
+
+
+def load_manifest(path: str | Path, check_images: bool = True) -> Manifest:
+    """Read and validate ``patient.json``; every failure raises CorxError naming the file or field."""
+    path = Path(path)
+    raw = _read_json(path)
+    where = str(path)
+
+    def need(key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in raw:
+            raise CorxError(f"{where}: missing field '{key}'")
+        value = raw[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CorxError(f"{where}: field '{key}' has the wrong type ({type(value).__name__})")
+        return value
+
+    patient_id = need("patient_id", str)
+    radionuclide = raw.get("radionuclide", "Lu-177")
+    if radionuclide not in SUPPORTED_RADIONUCLIDES:
+        raise CorxError(f"{where}: radionuclide '{radionuclide}' is not supported "
+                        f"(supported: {', '.join(SUPPORTED_RADIONUCLIDES)})")
+    injected = float(need("injected_activity_mbq", (int, float)))
+    if not math.isfinite(injected) or injected <= 0:
+        raise CorxError(f"{where}: 'injected_activity_mbq' must be a positive number, got {injected}")
+    reference = need("reference", str)
+    entries = need("timepoints", list)
+    if len(entries) < 2:
+        raise CorxError(f"{where}: at least 2 time points are needed, got {len(entries)}")
+
+    base = path.parent
+    timepoints = [_parse_timepoint(entry, i, base, where) for i, entry in enumerate(entries)]
+    ids = [tp.id for tp in timepoints]
+    if len(set(ids)) != len(ids):
+        raise CorxError(f"{where}: time point ids must be unique, got {ids}")
+    hours = [tp.hours for tp in timepoints]
+    if any(b <= a for a, b in itertools.pairwise(hours)):
+        raise CorxError(f"{where}: time point hours must be strictly increasing and unique, got {hours}")
+    if reference not in ids:
+        raise CorxError(f"{where}: reference '{reference}' is not one of the time point ids {ids}")
+
+    labels = None
+    if raw.get("labels") is not None:
+        if not isinstance(raw["labels"], str):
+            raise CorxError(f"{where}: field 'labels' must be a path string")
+        labels = (base / raw["labels"]).resolve()
+
+    manifest = Manifest(path=path.resolve(), patient_id=patient_id, radionuclide=radionuclide,
+                        injected_activity_mbq=injected, reference=reference, timepoints=tuple(timepoints),
+                        labels=labels, extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS})
+    if check_images:
+        validate_images(manifest)
+    return manifest
+
+
+_KNOWN_KEYS = {"patient_id", "radionuclide", "injected_activity_mbq", "reference", "timepoints", "labels"}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CorxError(f"{path}: manifest not found")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorxError(f"{path}: not a valid JSON manifest ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CorxError(f"{path}: the manifest must be a JSON object")
+    return raw
+
+
+def _parse_timepoint(entry: Any, index: int, base: Path, where: str) -> TimePoint:
+    ctx = f"{where}: timepoints[{index}]"
+    if not isinstance(entry, dict):
+        raise CorxError(f"{ctx} must be an object")
+    for key in ("id", "hours", "ct", "spect"):
+        if key not in entry:
+            raise CorxError(f"{ctx}: missing field '{key}'")
+    if not isinstance(entry["id"], str) or not entry["id"]:
+        raise CorxError(f"{ctx}: 'id' must be a non-empty string")
+    hours = entry["hours"]
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours < 0:
+        raise CorxError(f"{ctx} ('{entry['id']}'): 'hours' must be a finite number >= 0, got {hours!r}")
+    for key in ("ct", "spect"):
+        if not isinstance(entry[key], str):
+            raise CorxError(f"{ctx} ('{entry['id']}'): '{key}' must be a path string")
+    return TimePoint(id=entry["id"], hours=float(hours), ct=(base / entry["ct"]).resolve(),
+                     spect=(base / entry["spect"]).resolve())
+
+
+def world_bounds(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world bounding box (min, max corners, mm) of a grid's voxel centres."""
+    corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)], dtype=np.float64)
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def overlap_fraction(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...],
+                     affine_b: np.ndarray) -> float:
+    """Fraction of the smaller bounding box covered by the intersection of the two boxes."""
+    lo_a, hi_a = world_bounds(shape_a, affine_a)
+    lo_b, hi_b = world_bounds(shape_b, affine_b)
+    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None).prod()
+    smaller = min((hi_a - lo_a).prod(), (hi_b - lo_b).prod())
+    return float(inter / smaller) if smaller > 0 else 0.0
+
+
+def validate_images(manifest: Manifest, min_overlap: float = 0.05) -> None:
+    """Check that every image is a readable 3-D NIfTI and that each CT/SPECT pair overlaps in space."""
+    for tp in manifest.timepoints:
+        ct = load_image(tp.ct)
+        spect = load_image(tp.spect)
+        for img, p in ((ct, tp.ct), (spect, tp.spect)):
+            if img.ndim != 3:
+                raise CorxError(f"{p}: expected a 3-D image, got shape {img.shape}")
+            if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
+                raise CorxError(f"{p}: the image has an invalid affine (orientation/spacing)")
+        frac = overlap_fraction(ct.shape, ct.affine, spect.shape, spect.affine)
+        if frac < min_overlap:
+            raise CorxError(f"{tp.spect}: SPECT does not overlap its CT {tp.ct.name} in space "
+                            f"(overlap {frac:.1%} of the smaller field of view)")
+    if manifest.labels is not None:
+        load_image(manifest.labels)

@@ -1,0 +1,106 @@
+"""Bundle transforms keep geometry; a known shift of the moving image is recovered in the field convention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from corx_bundle.scripts.losses import HybridRegistrationLoss
+from corx_bundle.scripts.transforms import normalize_spect
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+SPACING = 4.0
+SHIFT_MM = 8.0  # the moving pair lies 8 mm further along +x (RAS): 2 voxels of the network grid
+
+
+def blobs(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """Smooth random blobs: structure at every scale a translation can lock onto."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.random(shape), 2.0).astype(np.float32)
+
+
+def preprocessing(spatial: int, train: bool = False):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"spatial_size": [spatial] * 3, "pixdim": [SPACING] * 3})
+    from monai.transforms import Compose
+
+    chain = parser.get_parsed_content("preprocessing")
+    if train:
+        chain = chain + parser.get_parsed_content("augmentation")
+    return Compose(chain)
+
+
+@pytest.fixture
+def shifted_pair(tmp_path: Path) -> dict[str, str]:
+    shape = (36, 36, 36)
+    ct_hu = (blobs(shape, 0) - 0.5) * 4000.0  # spans the CT window
+    spect = blobs(shape, 1) * 1e5
+    fixed_aff = np.diag([SPACING, SPACING, SPACING, 1.0])
+    moving_aff = fixed_aff.copy()
+    moving_aff[0, 3] += SHIFT_MM
+    ct_fine_aff = np.diag([SPACING / 2, SPACING / 2, SPACING, 1.0])  # CT on its own finer grid
+    ct_fine = np.repeat(np.repeat(ct_hu, 2, axis=0), 2, axis=1)
+    ct_fine_aff[:3, 3] = [-SPACING / 4, -SPACING / 4, 0.0]  # voxel centres of the 2x grid, same box
+    paths = {}
+    for role, aff, ct_aff in (("fixed", fixed_aff, ct_fine_aff), ("moving", moving_aff, None)):
+        c_aff = ct_aff if ct_aff is not None else moving_aff
+        c_data = ct_fine if ct_aff is not None else ct_hu
+        paths[f"{role}_ct"] = str(tmp_path / f"{role}_ct.nii.gz")
+        paths[f"{role}_spect"] = str(tmp_path / f"{role}_spect.nii.gz")
+        nib.save(nib.Nifti1Image(c_data.astype(np.int16), c_aff), paths[f"{role}_ct"])
+        nib.save(nib.Nifti1Image(spect, aff), paths[f"{role}_spect"])
+    return paths
+
+
+def test_ct_is_resampled_onto_the_fixed_spect_grid(shifted_pair: dict[str, str]) -> None:
+    out = preprocessing(32)(dict(shifted_pair))
+    fixed_affine = out["fixed_spect"].affine.numpy()
+    for key in ("fixed_ct", "moving_ct", "moving_spect"):
+        assert tuple(out[key].shape) == (1, 32, 32, 32)
+        np.testing.assert_allclose(out[key].affine.numpy(), fixed_affine, atol=1e-5)
+    np.testing.assert_allclose(np.diag(fixed_affine)[:3], [SPACING] * 3, atol=1e-5)
+    for key in ("fixed_ct", "moving_ct", "fixed_spect", "moving_spect"):
+        assert float(out[key].min()) >= 0.0 and float(out[key].max()) <= 1.0
+
+
+def test_known_shift_is_recovered_with_the_field_convention(shifted_pair: dict[str, str]) -> None:
+    out = preprocessing(32)(dict(shifted_pair))
+    images = torch.cat([out[k] for k in ("fixed_ct", "moving_ct", "fixed_spect", "moving_spect")])[None].float()
+    translation = torch.zeros(3, requires_grad=True)
+    loss_fn = HybridRegistrationLoss()
+    optimiser = torch.optim.Adam([translation], lr=0.1)
+    for _ in range(80):
+        optimiser.zero_grad()
+        ddf = translation.view(1, 3, 1, 1, 1).expand(1, 3, 32, 32, 32)
+        loss_fn(ddf, images).backward()
+        optimiser.step()
+    # content moved +8 mm along x => warped(p) = moving(p + u) needs u = +2 voxels along array axis 0
+    np.testing.assert_allclose(translation.detach().numpy(), [SHIFT_MM / SPACING, 0, 0], atol=0.25)
+
+
+def test_augmentation_applies_the_same_transform_to_all_four_images(shifted_pair: dict[str, str]) -> None:
+    same = dict(shifted_pair, moving_ct=shifted_pair["fixed_ct"], moving_spect=shifted_pair["fixed_spect"])
+    chain = preprocessing(32, train=True)
+    for seed in range(3):
+        chain.set_random_state(seed=seed)
+        out = chain(dict(same))
+        torch.testing.assert_close(out["fixed_ct"], out["moving_ct"])
+        torch.testing.assert_close(out["fixed_spect"], out["moving_spect"])
+
+
+def test_normalize_spect_modes() -> None:
+    x = torch.tensor([0.0, 1.0, 10.0, 1000.0])
+    torch.testing.assert_close(normalize_spect(x), x / 1000.0)
+    logged = normalize_spect(x, "log")
+    assert logged[0] == 0 and logged[-1] == 1 and logged[1] > x[1] / 1000.0  # low values lifted
+    with pytest.raises(ValueError, match="unknown SPECT normalisation"):
+        normalize_spect(x, "zscore")
