@@ -1,0 +1,35 @@
+"""177Lu physical data and CT-number-to-density conversion (the numbers every dosimetry module shares).
+
+Sources: ICRP Publication 107 (half-life, mean energies per decay) and Schneider, Bortfeld & Schlegel,
+Phys Med Biol 45 (2000) 459 (HU to mass density, piecewise linear; table copied from docs/FACTS).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: 177Lu half-life, ICRP 107: 6.647 d.
+LU177_HALF_LIFE_H: float = 6.647 * 24.0
+#: Physical decay constant (1/h), ln 2 / T_1/2 = 4.345e-3 /h.
+LU177_LAMBDA_PER_H: float = math.log(2.0) / LU177_HALF_LIFE_H
+#: Mean energy emitted as electrons (beta, internal conversion, Auger) per decay, MeV (ICRP 107).
+LU177_ELECTRON_MEV: float = 0.14792
+#: Mean energy emitted as photons per decay, MeV (ICRP 107); not deposited locally.
+LU177_PHOTON_MEV: float = 0.03510
+
+_J_PER_MEV = 1.602176634e-13
+#: Local energy deposition: D [Gy] = DOSE_GY_G_PER_MBQH * TIA [MBq h] / m [g]  (= 0.08532).
+#: 0.14792 MeV * 1.602e-13 J/MeV * 1e6 decays/(MBq s) * 3600 s/h / 1e-3 kg/g.
+DOSE_GY_G_PER_MBQH: float = LU177_ELECTRON_MEV * _J_PER_MEV * 1e6 * 3600.0 / 1e-3
+
+#: Schneider 2000 HU -> mass density (g/cm3) nodes; linear in between, clamped outside [-1000, 3000].
+#: The step at 100/101 HU is the soft-tissue/bone branch change of the original table.
+SCHNEIDER_HU: tuple[float, ...] = (-1000.0, -98.0, -97.0, 14.0, 23.0, 100.0, 101.0, 1600.0, 3000.0)
+SCHNEIDER_DENSITY: tuple[float, ...] = (0.00121, 0.93, 0.9305, 1.03, 1.031, 1.1199, 1.0762, 1.9642, 2.8)
+
+
+def hu_to_density(hu: np.ndarray) -> np.ndarray:
+    """Mass density (g/cm3, float32) from CT numbers with the Schneider 2000 piecewise-linear table."""
+    return np.interp(np.asarray(hu, dtype=np.float32), SCHNEIDER_HU, SCHNEIDER_DENSITY).astype(np.float32)

@@ -1,0 +1,242 @@
+"""`corx tia`: TIA, fit RMSE, rule, multi-model, dose maps and the VOI table from aligned SPECT images.
+
+Outputs in DIR (all images on the reference SPECT grid with its affine):
+
+=========================  ===========================================================================
+tia.nii.gz                 eq.-6 TIA, MBq*h/mL (float32)
+tia_rmse.nii.gz            mono-exponential fit RMSE, Bq/mL (float32)
+tia_rule.nii.gz            uint8 rule codes: 0 background, 1 mono-exp, 2 trapezoid (lambda_eff <= lambda_phys),
+                           3 trapezoid (fit failed), 4 trapezoid (mono-exp TIA excessive); see corx.tia
+dose.nii.gz                LED absorbed dose, Gy (float32), mass from the reference CT; see corx.dose
+tia_model.nii.gz           (>= 4 time points) uint8 selected model: 0 below threshold, 1 mono-exp,
+                           2 uptake + physical decay, 3 uptake-washout, 4 bi-exp, 5 none (trapezoid)
+tia_multimodel.nii.gz      (>= 4 time points) multi-model TIA, MBq*h/mL
+voi.csv                    (labels given) VOI TIA vs voxel sum, dose metrics; see corx.voi
+tia_summary.json           parameters, code tables, counts, VOI rows, timings
+=========================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dose import DoseResult, dose_from_ct
+from .errors import CorxError
+from .imageio import load_image, read_array, save_image, save_json
+from .kinetics_models import MultiModelResult, compute_tia_multimodel
+from .manifest import Manifest, load_manifest
+from .tia import RULE_SHORT, TiaResult, compute_tia
+from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, write_voi_csv
+
+AFFINE_TOLERANCE_MM = 1e-3
+OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "tia_model.nii.gz",
+                "tia_multimodel.nii.gz", "voi.csv", "tia_summary.json")
+
+
+@dataclass
+class TiaOutputs:
+    """Everything `corx tia` computes, before writing."""
+
+    tia: TiaResult
+    multimodel: MultiModelResult | None = None
+    dose: DoseResult | None = None
+    voi_rows: list[dict[str, Any]] | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Voxel volume (mL) of a grid from its affine."""
+    return float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+
+
+def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray, affine: np.ndarray, *,
+                      ct: tuple[np.ndarray, np.ndarray] | None = None, labels: np.ndarray | None = None,
+                      vois: Sequence[Voi] | None = None, names: Sequence[str] | None = None,
+                      multimodel: bool | None = None, threads: int | None = None,
+                      **tia_options: Any) -> TiaOutputs:
+    """The whole `corx tia` computation on registered arrays.
+
+    Args:
+        activity: (T, X, Y, Z) Bq/mL, all frames on the grid ``affine`` (registered to the reference).
+        hours: acquisition times (h), strictly increasing.
+        affine: the grid's voxel-to-world affine (gives the voxel volume).
+        ct: optional (HU array, CT affine) for the dose map.
+        labels: optional label map on the activity grid for the VOI table (``vois`` default: one per label).
+        names: one name per frame (files) for error messages.
+        multimodel: multi-model fit (default: when there are >= 4 time points).
+        threads: worker threads.
+        tia_options: passed to corx.tia.compute_tia (max_tia_ratio, head, min_activity, ...).
+    """
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    vv = voxel_volume_ml(affine)
+    tia = compute_tia(activity, hours, vv, names=names, threads=threads, **tia_options)
+    times["tia_monoexp"] = time.perf_counter() - t0
+    out = TiaOutputs(tia=tia, timings_s=times)
+    if multimodel is None:
+        multimodel = len(hours) >= 4
+    if multimodel:
+        t0 = time.perf_counter()
+        out.multimodel = compute_tia_multimodel(activity, hours, vv, names=names, threads=threads)
+        times["tia_multimodel"] = time.perf_counter() - t0
+    if ct is not None:
+        t0 = time.perf_counter()
+        out.dose = dose_from_ct(tia.tia_mbqh_per_ml, affine, ct[0], ct[1])
+        times["dose"] = time.perf_counter() - t0
+    if labels is not None:
+        t0 = time.perf_counter()
+        out.voi_rows = voi_table(activity, hours, labels, tia, vois=vois,
+                                 dose_gy=out.dose.dose_gy if out.dose else None,
+                                 density=out.dose.density if out.dose else None,
+                                 multimodel_tia_mbqh_per_ml=(out.multimodel.tia_mbqh_per_ml
+                                                             if out.multimodel else None))
+        times["voi"] = time.perf_counter() - t0
+    return out
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CorxError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CorxError(f"{out}: output folder is not empty (use --overwrite to replace its results)")
+
+
+def _same_grid(shape: tuple[int, ...], affine: np.ndarray, ref_shape: tuple[int, ...],
+               ref_affine: np.ndarray) -> bool:
+    return tuple(shape[:3]) == tuple(ref_shape[:3]) and np.allclose(affine, ref_affine, rtol=0,
+                                                                    atol=AFFINE_TOLERANCE_MM)
+
+
+def load_aligned_spects(manifest: Manifest) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Stack the manifest's SPECTs (T, X, Y, Z) float32, checking each is on the reference SPECT grid."""
+    ref = manifest.reference_timepoint
+    ref_img = load_image(ref.spect)
+    ref_shape, ref_affine = ref_img.shape, ref_img.affine
+    frames = []
+    for tp in manifest.timepoints:
+        img = load_image(tp.spect)
+        if len(img.shape) != 3:
+            raise CorxError(f"{tp.spect}: expected a 3-D SPECT, got shape {img.shape}")
+        if not _same_grid(img.shape, img.affine, ref_shape, ref_affine):
+            raise CorxError(f"{tp.spect}: SPECT grid (shape {img.shape}) differs from the reference SPECT "
+                            f"{ref.spect.name} (shape {ref_shape}) in shape or affine; `corx tia` needs SPECT "
+                            f"images already aligned to the reference grid")
+        data, _ = read_array(tp.spect, dtype=np.float32)
+        frames.append(data)
+    return np.stack(frames), np.asarray(ref_affine, float), [str(tp.spect) for tp in manifest.timepoints]
+
+
+def _load_labels(manifest: Manifest, shape: tuple[int, ...], affine: np.ndarray
+                 ) -> tuple[np.ndarray, list[Voi]] | None:
+    if manifest.labels is None:
+        return None
+    img = load_image(manifest.labels)
+    if not _same_grid(img.shape, img.affine, shape, affine):
+        raise CorxError(f"{manifest.labels}: label map grid (shape {img.shape}) differs from the reference SPECT "
+                        f"grid (shape {shape}) in shape or affine")
+    data = np.asarray(img.dataobj)
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.rint(np.asarray(data, dtype=np.float64))
+    data = data.astype(np.int32)
+    if not np.any(data > 0):
+        raise CorxError(f"{manifest.labels}: label map contains no labelled voxel (all 0)")
+    names_file = manifest.truth_dir / "tia_voi.json"
+    names = label_names_from_json(names_file) if names_file.is_file() else None
+    vois = phantom_vois(data, names) if names is not None else default_vois(data)
+    return data, vois
+
+
+def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: bool = False,
+                  extra: dict[str, Any] | None = None) -> list[Path]:
+    """Write the maps, VOI table and summary into ``out`` (atomic, no clobbering without ``overwrite``)."""
+    written = [
+        save_image(result.tia.tia_mbqh_per_ml, affine, out / "tia.nii.gz", overwrite, np.float32),
+        save_image(result.tia.rmse_bq_per_ml, affine, out / "tia_rmse.nii.gz", overwrite, np.float32),
+        save_image(result.tia.rule, affine, out / "tia_rule.nii.gz", overwrite, np.uint8),
+    ]
+    if result.dose is not None:
+        written.append(save_image(result.dose.dose_gy, affine, out / "dose.nii.gz", overwrite, np.float32))
+    if result.multimodel is not None:
+        written.append(save_image(result.multimodel.model, affine, out / "tia_model.nii.gz", overwrite,
+                                  np.uint8))
+        written.append(save_image(result.multimodel.tia_mbqh_per_ml, affine, out / "tia_multimodel.nii.gz",
+                                  overwrite, np.float32))
+    if result.voi_rows:
+        written.append(write_voi_csv(result.voi_rows, out / "voi.csv", overwrite))
+    summary = {
+        **(extra or {}),
+        "voxel_volume_ml": result.tia.voxel_volume_ml,
+        "hours": result.tia.hours,
+        "tia": {**result.tia.params, "rule_counts": result.tia.rule_counts(),
+                "total_mbqh": float(result.tia.tia_mbqh.sum(dtype=np.float64))},
+        "multimodel": ({**result.multimodel.params, "model_counts": result.multimodel.model_counts()}
+                       if result.multimodel else None),
+        "units": {"tia": "MBq*h/mL", "tia_rmse": "Bq/mL", "dose": "Gy", "voi_tia": "MBq*h"},
+        "voi": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+                for row in result.voi_rows or []],
+        "timings_s": result.timings_s,
+    }
+    written.append(save_json(summary, out / "tia_summary.json", overwrite))
+    names = {p.name for p in written}
+    if overwrite:  # drop stale outputs of an earlier run that this run did not produce
+        for name in OUTPUT_NAMES:
+            stale = out / name
+            if name not in names and stale.is_file():
+                stale.unlink()
+    return written
+
+
+def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, overwrite: bool = False,
+            threads: int | None = None, quiet: bool = False) -> TiaOutputs:
+    """`corx tia patient.json --out DIR`: SPECTs already on the reference grid -> TIA/dose maps + VOI table."""
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    out = Path(out)
+    _check_out_dir(out, overwrite)
+    activity, affine, names = load_aligned_spects(m)
+    labelled = _load_labels(m, activity.shape[1:], affine)
+    ref = m.reference_timepoint
+    ct_hu, ct_affine = read_array(ref.ct, dtype=np.float32)
+    if ct_hu.ndim != 3:
+        raise CorxError(f"{ref.ct}: expected a 3-D CT, got shape {ct_hu.shape}")
+    result = run_tia_on_arrays(activity, m.hours, affine, ct=(ct_hu, ct_affine),
+                               labels=labelled[0] if labelled else None, vois=labelled[1] if labelled else None,
+                               names=names, threads=threads)
+    extra = {"patient_id": m.patient_id, "manifest": str(m.path), "reference": m.reference,
+             "timepoints": [tp.id for tp in m.timepoints], "reference_ct": str(ref.ct),
+             "labels": str(m.labels) if m.labels else None}
+    written = write_outputs(result, affine, out, overwrite=overwrite, extra=extra)
+    if not quiet:
+        _print_summary(m, result, out, written)
+    return result
+
+
+def _print_summary(m: Manifest, r: TiaOutputs, out: Path, written: list[Path]) -> None:
+    n = r.tia.rule.size
+    counts = r.tia.rule_counts()
+    share = ", ".join(f"{code} {RULE_SHORT[int(code)]} {100.0 * c / n:.1f}%" for code, c in counts.items())
+    total = float(r.tia.tia_mbqh.sum(dtype=np.float64))
+    print(f"patient {m.patient_id}: {len(m.timepoints)} time points ({', '.join(tp.id for tp in m.timepoints)}), "
+          f"grid {r.tia.rule.shape}, total TIA {total:.4g} MBq*h "
+          f"({total / m.injected_activity_mbq:.3g} h x injected)")
+    print(f"eq.-6 rules (code, share of voxels): {share}")
+    if r.multimodel is not None:
+        mm = ", ".join(f"{k}: {v}" for k, v in r.multimodel.model_counts().items())
+        print(f"multi-model selection (voxels): {mm}")
+    if r.dose is not None:
+        body = r.dose.body
+        print(f"dose (LED): max {float(r.dose.dose_gy.max()):.3g} Gy, body mean "
+              f"{float(r.dose.dose_gy[body].mean()) if body.any() else 0.0:.3g} Gy")
+    for row in r.voi_rows or []:
+        dose = f", mean dose {row['mean_dose_gy']:.3g} Gy" if "mean_dose_gy" in row else ""
+        print(f"  {row['voi']:<16} VOI {row['tia_voi_mbqh']:.4g} MBq*h, voxel sum {row['tia_voxel_sum_mbqh']:.4g} "
+              f"({row['percent_difference']:+.1f} %){dose}")
+    timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.timings_s.items())
+    print(f"wrote {len(written)} files to {out} ({timing})")

@@ -1,0 +1,85 @@
+"""Absorbed dose by local energy deposition: constants, HU-to-density, air handling, DVH metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from corx.dose import body_mask, density_on_grid, dose_from_ct, dose_from_tia, dvh_metrics
+from corx.errors import CorxError
+from corx.physics import DOSE_GY_G_PER_MBQH, SCHNEIDER_DENSITY, SCHNEIDER_HU, hu_to_density
+
+
+def test_led_constant_from_mean_electron_energy() -> None:
+    # 0.14792 MeV x 1.602e-13 J/MeV x 3.6e9 decays per MBq h / 1e-3 kg per g
+    assert pytest.approx(0.08532, rel=1e-4) == DOSE_GY_G_PER_MBQH
+
+
+def test_schneider_table_nodes_interpolation_and_clamping() -> None:
+    np.testing.assert_allclose(hu_to_density(np.array(SCHNEIDER_HU)), SCHNEIDER_DENSITY, rtol=1e-6)
+    assert hu_to_density(np.array([-2000.0, 5000.0])).tolist() == pytest.approx([0.00121, 2.8])
+    assert hu_to_density(np.array([0.0]))[0] == pytest.approx(0.9305 + 97 / 111 * (1.03 - 0.9305), rel=1e-6)
+    assert hu_to_density(np.array([850.5]))[0] == pytest.approx((1.0762 + 1.9642) / 2, rel=1e-6)
+
+
+def test_uniform_tia_in_water_matches_hand_calculation() -> None:
+    # 10 mL of water (1 g/mL) holding 250 MBq h: D = 0.08532 * 250 / 10 = 2.133 Gy in every voxel
+    tia_per_ml = np.full((5, 4, 2), 250.0 / 10.0, np.float32)
+    dose = dose_from_tia(tia_per_ml, np.ones_like(tia_per_ml))
+    np.testing.assert_allclose(dose, 0.08532 * 250.0 / 10.0, rtol=1e-4)
+
+
+def test_dose_from_ct_water_phantom_and_air() -> None:
+    aff = np.diag([4.0, 4.0, 4.0, 1.0])
+    ct_aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    ct_aff[:3, 3] = -1.0  # CT voxel centres offset so that 2x2x2 CT voxels tile one SPECT voxel
+    ct = np.zeros((24, 24, 24), np.float32)  # water-equivalent soft tissue, HU 0
+    ct[:4] = -1000.0  # air slab: SPECT rows 0-1
+    tia = np.full((12, 12, 12), 3.0, np.float32)  # MBq h/mL, also spilled into the air
+    res = dose_from_ct(tia, aff, ct, ct_aff)
+    rho = float(hu_to_density(np.array([0.0]))[0])
+    assert res.density[6, 6, 6] == pytest.approx(rho, rel=1e-5)
+    np.testing.assert_allclose(res.dose_gy[3:], 0.08532 * 3.0 / rho, rtol=1e-4)
+    assert (res.dose_gy[:2] == 0).all() and not res.body[:2].any()
+    assert res.dose_gy.max() < 1.01 * 0.08532 * 3.0 / rho  # no absurd air doses
+
+
+def test_gas_inside_body_is_floored_not_absurd() -> None:
+    aff = np.diag([4.0, 4.0, 4.0, 1.0])
+    density = np.ones((8, 8, 8), np.float32)
+    density[3:5, 3:5, 3:5] = 0.0012  # gas pocket enclosed by tissue
+    body = body_mask(density, aff)
+    assert body[3:5, 3:5, 3:5].all()
+    dose = dose_from_tia(np.ones_like(density), density, body, min_density=0.1)
+    assert dose[4, 4, 4] == pytest.approx(0.08532 / 0.1, rel=1e-4)
+
+
+def test_density_is_averaged_over_the_spect_voxel() -> None:
+    aff = np.diag([4.0, 4.0, 4.0, 1.0])
+    ct_aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    ct_aff[:3, 3] = -1.0
+    ct = np.full((16, 16, 16), 1600.0, np.float32)  # bone, 1.9642 g/mL
+    ct[::2] = 14.0  # every other CT plane soft tissue, 1.03 g/mL
+    density = density_on_grid(ct, ct_aff, (8, 8, 8), aff)
+    np.testing.assert_allclose(density[1:-1, 1:-1, 1:-1], (1.9642 + 1.03) / 2, rtol=1e-4)
+
+
+def test_dvh_metrics() -> None:
+    d = np.arange(1, 101, dtype=np.float64)
+    m = dvh_metrics(d)
+    assert m["mean_dose_gy"] == pytest.approx(50.5)
+    assert m["d50_gy"] == pytest.approx(50.5)
+    assert m["d2_gy"] == pytest.approx(np.percentile(d, 98))
+    assert m["d98_gy"] == pytest.approx(np.percentile(d, 2))
+    assert m["d2_gy"] > m["d50_gy"] > m["d98_gy"]
+    assert np.isnan(dvh_metrics(np.array([]))["mean_dose_gy"])
+
+
+def test_dose_bad_inputs() -> None:
+    tia = np.ones((3, 3, 3), np.float32)
+    with pytest.raises(CorxError, match="dose mode 'dvk' is not implemented"):
+        dose_from_tia(tia, tia, mode="dvk")
+    with pytest.raises(CorxError, match="density grid"):
+        dose_from_tia(tia, tia[:2])
+    with pytest.raises(CorxError, match="min_density"):
+        dose_from_tia(tia, tia, min_density=0.0)
