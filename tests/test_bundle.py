@@ -39,7 +39,8 @@ def run_bundle(args: list[str], timeout: int = 600) -> subprocess.CompletedProce
 
 
 def overrides(values: dict) -> list[str]:
-    return [arg for key, value in values.items() for arg in (f"--{key}", json.dumps(value))]
+    """Command-line overrides; python-fire reads Python literals (True/False, lists, quoted strings)."""
+    return [arg for key, value in values.items() for arg in (f"--{key}", repr(value))]
 
 
 @pytest.fixture(scope="module")
