@@ -15,6 +15,7 @@ import pytest
 from scipy import integrate
 from scipy.ndimage import binary_erosion, gaussian_filter, map_coordinates, maximum_filter, minimum_filter
 
+from corx_bundle.scripts.fieldops import jacobian_determinant
 from corx_bundle.scripts.phantom import (
     COHORTS,
     FIELD_SCALE,
@@ -239,21 +240,12 @@ def test_true_ct_fields_align_ct_with_reference_anatomy(full_patient: Path) -> N
         assert residual["ct"] <= residual["spect"] + 1.0 and residual["ct"] < 0.7 * residual["none"], (t, residual)
 
 
-def _jacobian_determinant(u: np.ndarray) -> np.ndarray:
-    grads = [np.gradient(u[c]) for c in range(3)]
-    jac = np.empty((*u.shape[1:], 3, 3))
-    for c in range(3):
-        for a in range(3):
-            jac[..., c, a] = grads[c][a] + (1.0 if a == c else 0.0)
-    return np.linalg.det(jac)
-
-
 def test_true_fields_do_not_fold(full_patient: Path, external_cohort: Path) -> None:
     folders = [full_patient, *patients(external_cohort)]
     worst = np.inf
     for folder in folders:
         for path in sorted((folder / "truth").glob("field_*.nii.gz")):
-            det = _jacobian_determinant(field(path))
+            det = jacobian_determinant(field(path))
             worst = min(worst, float(det.min()))
             assert det.min() > 0.0, path
             assert np.abs(field(path)).max() * 3.87 < 45.0, path  # bounded motion (mm, generous)

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 from monai.metrics import CumulativeIterationMetric, SSIMMetric
 from monai.networks.blocks import Warp
 
+from . import fieldops
 from .losses import FIXED_CT, FIXED_SPECT, MOVING_CT, MOVING_SPECT
 
 MEASURES = ("spect_lncc", "spect_ssim", "ct_l1", "ct_mse", "ct_ssim", "nonpositive_jacobian_pct")
 
 
 def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
-    """det(I + grad u) of the map p -> p + u(p), ``ddf`` (B, 3, D, H, W) in voxels; central differences.
+    """det(I + grad u) per voxel of a batch of fields (B, 3, D, H, W) in voxels -> (B, D, H, W).
 
-    Returns (B, D, H, W). Values <= 0 mark folding. Borders use one-sided differences (torch.gradient).
+    One implementation for the whole project: :func:`scripts.fieldops.jacobian_determinant` (numpy).
     """
     if ddf.ndim != 5 or ddf.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, D, H, W) field, got {tuple(ddf.shape)}")
-    grads = [torch.gradient(ddf[:, c], dim=(1, 2, 3)) for c in range(3)]  # grads[c][a] = d u_c / d x_a
-    j = [[grads[c][a] + (1.0 if a == c else 0.0) for a in range(3)] for c in range(3)]
-    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+    dets = [fieldops.jacobian_determinant(u.detach().float().cpu().numpy()) for u in ddf]
+    return torch.as_tensor(np.stack(dets), dtype=torch.float32, device=ddf.device)
 
 
 class WarpedPairMetric(CumulativeIterationMetric):

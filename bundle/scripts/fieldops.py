@@ -1,0 +1,35 @@
+"""Displacement-field arithmetic in numpy (no torch), shared by the bundle's metrics and the corx clients.
+
+Fields are channel-first (3, X, Y, Z) in voxels, array-axis order, pull-back: warped(p) = moving(p + u(p)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def jacobian_determinant(field: np.ndarray) -> np.ndarray:
+    """det(I + grad u) of the map p -> p + u(p), for ``field`` (3, X, Y, Z) in voxels.
+
+    Central differences inside, one-sided at the borders (numpy.gradient). Values <= 0 mark folding.
+    """
+    u = np.asarray(field, dtype=np.float64)
+    if u.ndim != 4 or u.shape[0] != 3:
+        raise ValueError(f"expected a (3, X, Y, Z) field, got shape {u.shape}")
+    g = [np.gradient(u[c]) for c in range(3)]  # g[c][a] = d u_c / d x_a
+    j = [[g[c][a] + (1.0 if a == c else 0.0) for a in range(3)] for c in range(3)]
+    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+
+
+def nonpositive_jacobian_percent(field: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Percentage of voxels (inside ``mask`` if given) whose Jacobian determinant is <= 0."""
+    det = jacobian_determinant(field)
+    values = det[mask.astype(bool)] if mask is not None else det
+    return 100.0 * float(np.mean(values <= 0)) if values.size else 0.0
+
+
+def field_to_mm(field: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World-space (mm) displacement vectors (3, X, Y, Z) of a voxel-unit field on the grid ``affine``."""
+    return np.einsum("ij,j...->i...", np.asarray(affine, dtype=np.float64)[:3, :3], field)
