@@ -1,0 +1,337 @@
+"""Export CoRX-NET into the Triton model repository: ONNX, TorchScript and (GPU only) a TensorRT engine.
+
+Layout written under ``repo`` (triton_repo/ by default; configs and model.py are tracked, model files are not):
+
+    corxnet/config.pbtxt, corxnet/1/model.py, corxnet/1/model.onnx     Python backend + ONNX Runtime (CPU server)
+    corxnet_trt/config.pbtxt, corxnet_trt/1/model.plan                 tensorrt_plan (NGC Triton on a GPU)
+    corxnet_ts/config.pbtxt, corxnet_ts/1/model.pt                     pytorch_libtorch (NGC Triton), TorchScript
+
+The network takes ``pair`` (B, 4, D, H, W) and returns ``field`` (B, 3, D, H, W) in voxels; no warp is exported.
+Every export is checked against eager PyTorch on a random pair (ONNX: max abs field difference <= 1e-3 voxels).
+Weights come from a checkpoint (``torch.load(..., weights_only=True)``) or, only when asked for explicitly,
+from a fresh initialisation (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .network import build_network
+
+REPO_DEFAULT = Path(__file__).resolve().parents[2] / "triton_repo"
+MODEL_NAME = "corxnet"
+TRT_MODEL_NAME = "corxnet_trt"
+TS_MODEL_NAME = "corxnet_ts"
+INPUT_NAME, OUTPUT_NAME = "pair", "field"
+ONNX_TOLERANCE = 1e-3  # voxels
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """An export step could not run here (missing GPU/TensorRT) or its check failed."""
+
+
+@dataclass
+class ExportReport:
+    """What was written, and the measured differences to eager PyTorch (voxels)."""
+
+    repo: Path
+    spatial_size: tuple[int, int, int]
+    files: list[Path] = field(default_factory=list)
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    max_abs_field: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"exported CoRX-NET at {'x'.join(map(str, self.spatial_size))} into {self.repo}"]
+        lines += [f"  wrote {p}" for p in self.files]
+        lines += [f"  {fmt}: max |field - eager| = {d:.2e} voxels (max |field| {self.max_abs_field:.2e})"
+                  for fmt, d in self.max_abs_diff.items()]
+        lines += [f"  skipped {fmt}: {why}" for fmt, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The network's state dict from a raw state dict, {"model": ...} (MONAI/Ignite savers) or {"state_dict": ...}."""
+    for key in ("model", "network", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a CoRX-NET checkpoint (expected a state dict, or one under 'model')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_network(checkpoint: str | Path | None = None, random_init: bool = False, variant: str = "corx",
+                 seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """CoRX-NET in eval mode from ``checkpoint``, or freshly initialised (``random_init=True``, tests only)."""
+    if checkpoint is None and not random_init:
+        raise FileNotFoundError("no checkpoint given: pass --checkpoint bundle/models/model.pt (trained weights) "
+                                "or --random_init for freshly initialised weights (tests and benchmarks only)")
+    if checkpoint is not None and random_init:
+        raise ValueError("give either a checkpoint or random_init, not both")
+    torch.manual_seed(seed)
+    net = build_network(variant, **overrides)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found (train the bundle, or pass --random_init)")
+        state = _state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: does not match the '{variant}' network (missing {missing[:3]}..., "
+                             f"unexpected {unexpected[:3]}...); check --variant and the overrides")
+    return net.eval()
+
+
+def _example(spatial: Sequence[int], batch: int = 1, seed: int = 1) -> torch.Tensor:
+    return torch.rand((batch, 4, *spatial), generator=torch.Generator().manual_seed(seed))
+
+
+def _atomic_target(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(f".{target.name}.tmp")
+
+
+def export_onnx(net: torch.nn.Module, target: Path, spatial: Sequence[int], check_batch: int = 2,
+                threads: int = 0) -> float:
+    """Trace ``net`` to ONNX (opset 17, dynamic batch axis), check it in ONNX Runtime; returns max abs diff."""
+    import onnx
+    import onnxruntime as ort
+
+    tmp = _atomic_target(target)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings: spatial sizes are frozen, as intended
+        torch.onnx.export(net, (_example(spatial),), str(tmp), opset_version=OPSET, dynamo=False,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    try:
+        onnx.checker.check_model(str(tmp))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(tmp), opts, providers=["CPUExecutionProvider"])
+        x = _example(spatial, batch=check_batch)
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        with torch.no_grad():
+            ref = net(x).numpy()
+        diff = float(np.abs(out - ref).max())
+        if not np.isfinite(diff) or diff > ONNX_TOLERANCE:
+            raise ExportError(f"{target}: ONNX Runtime differs from PyTorch by {diff:.3g} voxels "
+                              f"(> {ONNX_TOLERANCE}); the export is not kept")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return diff
+
+
+def export_torchscript(net: torch.nn.Module, target: Path, spatial: Sequence[int]) -> float:
+    """``torch.jit.script`` the network (sizes stay dynamic), reload and check it; returns max abs diff."""
+    tmp = _atomic_target(target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the libtorch backend's format
+        scripted = torch.jit.script(net)
+        scripted.save(str(tmp))
+        loaded = torch.jit.load(str(tmp))
+    try:
+        x = _example(spatial)
+        with torch.no_grad():
+            diff = float((loaded(x) - net(x)).abs().max())
+        if not np.isfinite(diff) or diff > 1e-4:
+            raise ExportError(f"{target}: TorchScript differs from eager by {diff:.3g} voxels")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return diff
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why a TensorRT engine cannot be built here (None when tensorrt and a CUDA GPU are both present)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt Python package is not installed (pip install -e '.[tensorrt]' on a GPU machine)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to PyTorch: a TensorRT engine can only be built on an NVIDIA GPU"
+    return None
+
+
+def build_tensorrt_engine(onnx_path: Path, target: Path, spatial: Sequence[int], max_batch: int,
+                          workspace_gib: float = 8.0) -> float:
+    """Build a TensorRT engine (batch 1..max_batch) from the ONNX model; check it; returns max abs diff.
+
+    Needs an NVIDIA GPU and the tensorrt package; raises :class:`ExportError` saying which is missing.
+    The engine is specific to the GPU model and TensorRT version it was built with.
+    """
+    reason = tensorrt_unavailable()
+    if reason:
+        raise ExportError(f"TensorRT engine not built: {reason}")
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # TensorRT >= 10; only mode in 11
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"{onnx_path}: TensorRT could not parse the ONNX model: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    profile = builder.create_optimization_profile()
+    dims = tuple(int(s) for s in spatial)
+    profile.set_shape(INPUT_NAME, (1, 4, *dims), (1, 4, *dims), (max_batch, 4, *dims))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
+    tmp = _atomic_target(target)
+    tmp.write_bytes(bytes(serialized))
+    tmp.replace(target)
+    return _check_tensorrt(target, onnx_path, spatial)
+
+
+def _check_tensorrt(plan: Path, onnx_path: Path, spatial: Sequence[int]) -> float:
+    """Run the engine on a random pair (torch CUDA buffers) and compare with ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+    context = engine.create_execution_context()
+    x = _example(spatial)
+    x_gpu = x.cuda().contiguous()
+    y_gpu = torch.empty((1, 3, *spatial), device="cuda", dtype=torch.float32)
+    context.set_input_shape(INPUT_NAME, tuple(x_gpu.shape))
+    context.set_tensor_address(INPUT_NAME, x_gpu.data_ptr())
+    context.set_tensor_address(OUTPUT_NAME, y_gpu.data_ptr())
+    stream = torch.cuda.current_stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise ExportError(f"{plan}: the TensorRT engine failed to run")
+    stream.synchronize()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (ref,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+    return float(np.abs(y_gpu.cpu().numpy() - ref).max())
+
+
+def render_configs(spatial: Sequence[int] = (128, 128, 128), max_batch: int = 4,
+                   cpu_instances: int = 1, gpu_instances: int = 1, queue_delay_us: int = 2000,
+                   intra_op_threads: int = 0) -> dict[str, str]:
+    """config.pbtxt text of the three models, keyed by model name (the tracked files are these at 128^3)."""
+    d = ", ".join(str(int(s)) for s in spatial)
+    io_named = (f'input [\n  {{ name: "{INPUT_NAME}", data_type: TYPE_FP32, dims: [ 4, {d} ] }}\n]\n'
+                f'output [\n  {{ name: "{OUTPUT_NAME}", data_type: TYPE_FP32, dims: [ 3, {d} ] }}\n]\n')
+    io_libtorch = (f'input [\n  {{ name: "INPUT__0", data_type: TYPE_FP32, dims: [ 4, {d} ] }}\n]\n'
+                   f'output [\n  {{ name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 3, {d} ] }}\n]\n')
+
+    def batching(sizes: Sequence[int]) -> str:
+        preferred = ", ".join(str(s) for s in sorted({s for s in sizes if 1 < s <= max_batch}))
+        line = f"  preferred_batch_size: [ {preferred} ]\n" if preferred else ""
+        return f"dynamic_batching {{\n{line}  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
+
+    def warmup(name: str) -> str:
+        value = f"{{ data_type: TYPE_FP32, dims: [ 4, {d} ], zero_data: true }}"
+        return ("model_warmup [\n  {\n    name: \"zeros_batch1\"\n    batch_size: 1\n"
+                f"    inputs {{ key: \"{name}\", value: {value} }}\n  }}\n]\n")
+
+    def header(name: str, what: str) -> str:
+        return (f"# {name}: CoRX-NET, {what}.\n# Generated by bundle/scripts/export.py (render_configs); "
+                "regenerate rather than edit.\n")
+
+    cpu = (header(MODEL_NAME, "Python backend running the ONNX model with ONNX Runtime (TensorRT engine on a GPU "
+                  "instance when one was exported and tensorrt is importable)")
+           + f'name: "{MODEL_NAME}"\nbackend: "python"\nmax_batch_size: {max_batch}\n' + io_named
+           + batching([2, max_batch])
+           + f"instance_group [\n  {{ count: {cpu_instances}, kind: KIND_CPU }}\n]\n"
+           + "parameters [\n"
+           + '  { key: "onnx_model", value: { string_value: "model.onnx" } },\n'
+           + f'  {{ key: "tensorrt_engine", value: {{ string_value: "../{TRT_MODEL_NAME}/1/model.plan" }} }},\n'
+           + f'  {{ key: "intra_op_threads", value: {{ string_value: "{intra_op_threads}" }} }}\n]\n'
+           + warmup(INPUT_NAME))
+    trt_cfg = (header(TRT_MODEL_NAME, "TensorRT engine for NGC Triton on a GPU (not loaded by the CPU server)")
+               + f'name: "{TRT_MODEL_NAME}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}\n' + io_named
+               + batching([2, max_batch])
+               + f"instance_group [\n  {{ count: {gpu_instances}, kind: KIND_GPU }}\n]\n" + warmup(INPUT_NAME))
+    ts_cfg = (header(TS_MODEL_NAME, "TorchScript for NGC Triton's PyTorch backend on a GPU (not loaded by the CPU "
+                     "server)")
+              + f'name: "{TS_MODEL_NAME}"\nbackend: "pytorch"\nmax_batch_size: {max_batch}\n' + io_libtorch
+              + batching([2, max_batch])
+              + f"instance_group [\n  {{ count: {gpu_instances}, kind: KIND_GPU }}\n]\n" + warmup("INPUT__0"))
+    return {MODEL_NAME: cpu, TRT_MODEL_NAME: trt_cfg, TS_MODEL_NAME: ts_cfg}
+
+
+def write_repository(repo: Path, spatial: Sequence[int], max_batch: int = 4, **config_kw: Any) -> list[Path]:
+    """Write the three config.pbtxt files (and model.py, when ``repo`` is not triton_repo/ itself)."""
+    repo = Path(repo)
+    written = []
+    for name, text in render_configs(spatial, max_batch, **config_kw).items():
+        target = repo / name / "config.pbtxt"
+        if not target.is_file() or target.read_text() != text:
+            tmp = _atomic_target(target)
+            tmp.write_text(text)
+            tmp.replace(target)
+            written.append(target)
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    model_py = repo / MODEL_NAME / "1" / "model.py"
+    source = REPO_DEFAULT / MODEL_NAME / "1" / "model.py"
+    if model_py.resolve() != source.resolve():
+        shutil.copyfile(source, model_py)
+        written.append(model_py)
+    return written
+
+
+def export_repository(repo: str | Path = REPO_DEFAULT, checkpoint: str | Path | None = None,
+                      random_init: bool = False, spatial_size: int | Sequence[int] = 128, max_batch: int = 4,
+                      torchscript: bool = True, tensorrt: bool = False, variant: str = "corx",
+                      seed: int = 0, **overrides: Any) -> ExportReport:
+    """Export ONNX (always), TorchScript and, optionally, a TensorRT engine into ``repo`` with configs.
+
+    Raises :class:`ExportError` before exporting anything when ``tensorrt`` is asked for where it cannot run.
+    """
+    spatial = (spatial_size,) * 3 if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
+    if len(spatial) != 3 or min(spatial) < 1:
+        raise ValueError(f"spatial_size must be one or three positive ints, got {spatial_size}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if tensorrt and (reason := tensorrt_unavailable()):
+        raise ExportError(f"TensorRT engine not built: {reason}; export without --tensorrt here, and build the "
+                          "engine on the GPU server (corx export --tensorrt)")
+    repo = Path(repo)
+    net = load_network(checkpoint, random_init=random_init, variant=variant, seed=seed, **overrides)
+    report = ExportReport(repo=repo, spatial_size=spatial)  # type: ignore[arg-type]
+    report.files += write_repository(repo, spatial, max_batch)
+    with torch.no_grad():
+        report.max_abs_field = float(net(_example(spatial)).abs().max())
+
+    onnx_path = repo / MODEL_NAME / "1" / "model.onnx"
+    report.max_abs_diff["onnx"] = export_onnx(net, onnx_path, spatial)
+    report.files.append(onnx_path)
+    if torchscript:
+        ts_path = repo / TS_MODEL_NAME / "1" / "model.pt"
+        report.max_abs_diff["torchscript"] = export_torchscript(net, ts_path, spatial)
+        report.files.append(ts_path)
+    if tensorrt:
+        plan = repo / TRT_MODEL_NAME / "1" / "model.plan"
+        report.max_abs_diff["tensorrt"] = build_tensorrt_engine(onnx_path, plan, spatial, max_batch)
+        report.files.append(plan)
+    return report
+
+
+def save_checkpoint(net: torch.nn.Module, target: str | Path) -> Path:
+    """Write ``{"model": state_dict}`` (the layout the bundle's CheckpointLoader reads) atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
+        torch.save({"model": net.state_dict()}, handle.name)
+    Path(handle.name).replace(target)
+    return target

@@ -1,0 +1,135 @@
+"""Where the network runs: the same ``infer(pair) -> field`` interface in-process or on a Triton server.
+
+- ``TorchBackend``: eager PyTorch in this process (fp32, or bf16 autocast on CPU); torch and the bundle are
+  imported only when it is created. The default backend: needs no server.
+- ``OnnxRuntimeBackend``: the exported ONNX model with ONNX Runtime in this process (no torch).
+- ``TritonBackend`` (corx.triton_client): a Triton server over HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import CorxError
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[2] / "bundle"
+DEFAULT_CHECKPOINT = BUNDLE_ROOT / "models" / "model.pt"
+BACKENDS = ("inprocess", "onnx", "http", "grpc")
+
+
+class Backend(Protocol):
+    """Runs CoRX-NET: (4, X, Y, Z) or (B, 4, X, Y, Z) float32 in [0, 1] -> field (3, ...) or (B, 3, ...)."""
+
+    #: per-pair input shape the backend requires (4, X, Y, Z), or () when any size works
+    input_shape: tuple[int, ...]
+
+    def infer(self, pair: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def _as_batch(pair: np.ndarray) -> tuple[np.ndarray, bool]:
+    arr = np.asarray(pair)
+    if arr.dtype != np.float32:
+        raise CorxError(f"pair must be float32, got {arr.dtype}")
+    if arr.ndim == 4 and arr.shape[0] == 4:
+        return arr[None], True
+    if arr.ndim == 5 and arr.shape[1] == 4:
+        return arr, False
+    raise CorxError(f"pair must be (4, X, Y, Z) or (B, 4, X, Y, Z), got shape {arr.shape}")
+
+
+class TorchBackend:
+    """CoRX-NET in this process with PyTorch (lazy import); ``precision`` "fp32" or "bf16" (autocast)."""
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, random_init: bool = False,
+                 variant: str = "corx", precision: str = "fp32", device: str = "cpu", threads: int | None = None,
+                 seed: int = 0, **overrides: Any) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise CorxError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        import torch
+
+        from corx_bundle.scripts.export import load_network
+
+        if checkpoint is None and not random_init:
+            if not DEFAULT_CHECKPOINT.is_file():
+                raise CorxError(f"no trained weights at {DEFAULT_CHECKPOINT}: pass --checkpoint PATH, or "
+                                "--random_init for freshly initialised weights (tests only)")
+            checkpoint = DEFAULT_CHECKPOINT
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.device = torch.device(device)
+        self.precision = precision
+        self.net = load_network(checkpoint, random_init=random_init, variant=variant, seed=seed,
+                                **overrides).to(self.device)
+        self.input_shape: tuple[int, ...] = ()
+
+    def infer(self, pair: np.ndarray) -> np.ndarray:
+        batch, single = _as_batch(pair)
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        with torch.inference_mode():
+            if self.precision == "bf16":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    field = self.net(x)
+            else:
+                field = self.net(x)
+        out = field.float().cpu().numpy()
+        return out[0] if single else out
+
+    def close(self) -> None:
+        self.net = None
+
+
+class OnnxRuntimeBackend:
+    """The exported ONNX model in this process with ONNX Runtime (CPU); no torch."""
+
+    def __init__(self, onnx_path: str | os.PathLike, threads: int = 0) -> None:
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise CorxError(f"{path}: ONNX model not found; export it with `corx export --checkpoint MODEL.pt`")
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise CorxError("onnxruntime is not installed: pip install -e '.[serve]'") from exc
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        self.input_shape = tuple(int(d) for d in inp.shape[1:]) if all(isinstance(d, int) for d in inp.shape[1:]) \
+            else ()
+
+    def infer(self, pair: np.ndarray) -> np.ndarray:
+        batch, single = _as_batch(pair)
+        if self.input_shape and tuple(batch.shape[1:]) != self.input_shape:
+            raise CorxError(f"pair has shape {batch.shape[1:]}; the ONNX model expects {self.input_shape}")
+        (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch)})
+        return out[0] if single else out
+
+    def close(self) -> None:
+        self.session = None
+
+
+def make_backend(kind: str = "inprocess", url: str | None = None, checkpoint: str | None = None,
+                 random_init: bool = False, onnx: str | None = None, timeout: float = 300.0,
+                 shared_memory: bool | None = None, **kwargs: Any) -> Backend:
+    """Backend by name: "inprocess" (PyTorch), "onnx" (ONNX Runtime), "http" or "grpc" (Triton)."""
+    if kind == "inprocess":
+        return TorchBackend(checkpoint, random_init=random_init, **kwargs)
+    if kind == "onnx":
+        from .serve import REPO_DEFAULT
+
+        return OnnxRuntimeBackend(onnx or REPO_DEFAULT / "corxnet" / "1" / "model.onnx", **kwargs)
+    if kind in ("http", "grpc"):
+        from .triton_client import TritonBackend
+
+        default = "127.0.0.1:8000" if kind == "http" else "127.0.0.1:8001"
+        return TritonBackend(url or default, protocol=kind, timeout=timeout, shared_memory=shared_memory,
+                             **kwargs).connect()
+    raise CorxError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")

@@ -1,0 +1,124 @@
+"""Triton Python-backend model ``corxnet``: CoRX-NET ``pair`` (B, 4, D, H, W) -> ``field`` (B, 3, D, H, W).
+
+Runs ``model.onnx`` (written by ``corx export``) with ONNX Runtime. On a GPU instance (KIND_GPU), when the
+TensorRT engine named by the ``tensorrt_engine`` parameter exists and ``tensorrt`` and ``torch`` (CUDA buffers)
+import, it runs the engine instead; otherwise ONNX Runtime with the CUDA provider when available. Requests queued
+by the dynamic batcher are concatenated along the batch axis and answered in order. Triton itself refuses inputs
+whose name, shape or dtype differ from config.pbtxt before they reach this code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class _OnnxRunner:
+    """ONNX Runtime session (CUDA provider on a GPU instance when onnxruntime-gpu is installed)."""
+
+    def __init__(self, path: str, threads: int, gpu: int | None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers: list = ["CPUExecutionProvider"]
+        if gpu is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu}))
+        self.session = ort.InferenceSession(path, opts, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.description = f"ONNX Runtime ({self.session.get_providers()[0]}) on {os.path.basename(path)}"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+class _TensorRTRunner:
+    """A serialized TensorRT engine on one GPU, with torch CUDA tensors as I/O buffers."""
+
+    def __init__(self, path: str, gpu: int, input_name: str, output_name: str) -> None:
+        import tensorrt as trt
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda", gpu)
+        torch.cuda.set_device(self.device)
+        with open(path, "rb") as handle:
+            self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(handle.read())
+        if self.engine is None:
+            raise RuntimeError(f"{path}: not a TensorRT engine for this GPU/TensorRT version (rebuild it)")
+        self.context = self.engine.create_execution_context()
+        self.input_name, self.output_name = input_name, output_name
+        self.description = f"TensorRT engine {os.path.basename(path)} on cuda:{gpu}"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        y = torch.empty((x.shape[0], 3, *x.shape[2:]), device=self.device, dtype=torch.float32)
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, y.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return y.cpu().numpy()
+
+
+class TritonPythonModel:
+    """Triton's entry points: initialize, execute (one call per dynamic batch), finalize."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        model_dir = os.path.join(args["model_repository"])
+        version_dir = os.path.join(model_dir, args["model_version"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.logger = pb_utils.Logger
+        gpu = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else None
+
+        onnx_path = os.path.join(version_dir, params.get("onnx_model", "model.onnx"))
+        engine_path = os.path.normpath(os.path.join(model_dir, params.get("tensorrt_engine", "")))
+        self.runner = None
+        if gpu is not None and params.get("tensorrt_engine") and os.path.isfile(engine_path):
+            try:
+                self.runner = _TensorRTRunner(engine_path, gpu, self.input_name, self.output_name)
+            except (ImportError, RuntimeError) as exc:
+                self.logger.log_warn(f"corxnet: TensorRT engine not used ({exc}); falling back to ONNX Runtime")
+        if self.runner is None:
+            if not os.path.isfile(onnx_path):
+                raise pb_utils.TritonModelException(
+                    f"{onnx_path}: ONNX model missing; export it with `corx export --checkpoint MODEL.pt`")
+            self.runner = _OnnxRunner(onnx_path, int(params.get("intra_op_threads", "0") or 0), gpu)
+        self.logger.log_info(f"corxnet: {self.runner.description}")
+
+    def execute(self, requests: list) -> list:
+        arrays, errors = [], []
+        for request in requests:
+            pair = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            ok = np.isfinite(pair).all()
+            errors.append(None if ok else f"input '{self.input_name}' contains NaN or infinite values")
+            arrays.append(pair if ok else None)
+        good = [a for a in arrays if a is not None]
+        try:
+            fields = self.runner(np.concatenate(good) if len(good) > 1 else good[0]) if good else None
+        except Exception as exc:  # report to every client of this batch rather than crash the stub
+            message = f"corxnet inference failed: {type(exc).__name__}: {exc}"
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+        responses, start = [], 0
+        for pair, error in zip(arrays, errors, strict=True):
+            if pair is None:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
+                continue
+            out = np.ascontiguousarray(fields[start : start + pair.shape[0]], dtype=np.float32)
+            start += pair.shape[0]
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, out)]))
+        return responses
+
+    def finalize(self) -> None:
+        self.runner = None
