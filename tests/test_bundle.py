@@ -22,6 +22,7 @@ TINY = {
     "max_epochs": 6,
     "val_interval": 3,
     "num_workers": 0,
+    "cache_rate": 1.0,
     "learning_rate": 0.002,
     "train_limit": 4,
     "val_limit": 2,
