@@ -25,6 +25,8 @@ class TimePoint:
     hours: float
     ct: Path
     spect: Path
+    #: Bq per count of a DICOM SPECT in counts (see corx.pipeline.dicom); None for images in Bq/mL
+    calibration_bq_per_count: float | None = None
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,14 @@ def _parse_timepoint(entry: Any, index: int, base: Path, where: str) -> TimePoin
     for key in ("ct", "spect"):
         if not isinstance(entry[key], str):
             raise CorxError(f"{ctx} ('{entry['id']}'): '{key}' must be a path string")
+    calibration = entry.get("calibration_bq_per_count")
+    if calibration is not None and (isinstance(calibration, bool) or not isinstance(calibration, (int, float))
+                                    or not math.isfinite(calibration) or calibration <= 0):
+        raise CorxError(f"{ctx} ('{entry['id']}'): 'calibration_bq_per_count' must be a positive number, "
+                        f"got {calibration!r}")
     return TimePoint(id=entry["id"], hours=float(hours), ct=(base / entry["ct"]).resolve(),
-                     spect=(base / entry["spect"]).resolve())
+                     spect=(base / entry["spect"]).resolve(),
+                     calibration_bq_per_count=None if calibration is None else float(calibration))
 
 
 def world_bounds(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,16 +167,22 @@ def overlap_fraction(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tu
 
 
 def validate_images(manifest: Manifest, min_overlap: float = 0.05) -> None:
-    """Check that every image is a readable 3-D NIfTI and that each CT/SPECT pair overlaps in space."""
+    """Check that every image is a readable 3-D image and that each CT/SPECT pair overlaps in space.
+
+    Images are NIfTI files, or DICOM (a CT series folder, an NM file; see corx.pipeline.dicom), read from
+    their headers by corx.pipeline.inputs.
+    """
+    from .pipeline.inputs import image_geometry
+
     for tp in manifest.timepoints:
-        ct = load_image(tp.ct)
-        spect = load_image(tp.spect)
-        for img, p in ((ct, tp.ct), (spect, tp.spect)):
-            if img.ndim != 3:
-                raise CorxError(f"{p}: expected a 3-D image, got shape {img.shape}")
-            if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
+        ct = image_geometry(tp.ct, "ct")
+        spect = image_geometry(tp.spect, "spect", tp.calibration_bq_per_count)
+        for (shape, affine), p in ((ct, tp.ct), (spect, tp.spect)):
+            if len(shape) != 3:
+                raise CorxError(f"{p}: expected a 3-D image, got shape {shape}")
+            if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
                 raise CorxError(f"{p}: the image has an invalid affine (orientation/spacing)")
-        frac = overlap_fraction(ct.shape, ct.affine, spect.shape, spect.affine)
+        frac = overlap_fraction(ct[0], ct[1], spect[0], spect[1])
         if frac < min_overlap:
             raise CorxError(f"{tp.spect}: SPECT does not overlap its CT {tp.ct.name} in space "
                             f"(overlap {frac:.1%} of the smaller field of view)")

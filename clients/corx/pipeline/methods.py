@@ -1,0 +1,96 @@
+"""Registration methods: each returns, per moving time point, a pull-back field in voxels of some grid.
+
+- ``corx``: CoRX-NET on the preprocessed pair (any backend: in-process PyTorch, ONNX, Triton); the field lies
+  on the network grid (the reference SPECT at the network spacing, cropped/padded to the network size).
+- ``identity``: no registration (a zero field on the reference SPECT grid); the baseline.
+- ``elastix`` / ``elastix-spect``: corx.evaluation.elastix (CT-driven / SPECT-driven), on the network grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..backends import Backend
+from ..errors import CorxError
+from ..preprocess import PreparedPair, PreprocessConfig, Volume, preprocess_pair
+from ..register import check_backend_shape
+
+METHODS = ("corx", "identity", "elastix", "elastix-spect")
+
+
+@dataclass(frozen=True)
+class GridField:
+    """A pull-back displacement field (3, X, Y, Z) in voxels of the grid ``affine``."""
+
+    field: np.ndarray
+    affine: np.ndarray
+    prepared: PreparedPair | None = None  # the network input, when one was made
+
+
+class Method(Protocol):
+    """Registers a moving (CT, SPECT) pair to the fixed (reference) pair."""
+
+    name: str
+
+    def register(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume,
+                 moving_spect: Volume) -> GridField: ...
+
+
+class NetworkMethod:
+    """CoRX-NET through a backend."""
+
+    name = "corx"
+
+    def __init__(self, backend: Backend, config: PreprocessConfig) -> None:
+        check_backend_shape(backend, config)
+        self.backend, self.config = backend, config
+
+    def register(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume, moving_spect: Volume) -> GridField:
+        prepared = preprocess_pair(fixed_ct, moving_ct, fixed_spect, moving_spect, self.config)
+        field = np.asarray(self.backend.infer(prepared.image), dtype=np.float32)
+        if field.shape != (3, *prepared.image.shape[1:]):
+            raise CorxError(f"the backend returned a field of shape {field.shape}, expected "
+                            f"{(3, *prepared.image.shape[1:])}")
+        return GridField(field, prepared.affine, prepared)
+
+
+class IdentityMethod:
+    """No registration; with ``prepare`` (for --refine) the zero field lies on the network grid."""
+
+    name = "identity"
+
+    def __init__(self, config: PreprocessConfig, prepare: bool = False) -> None:
+        self.config, self.prepare = config, prepare
+
+    def register(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume, moving_spect: Volume) -> GridField:
+        if self.prepare:
+            prepared = preprocess_pair(fixed_ct, moving_ct, fixed_spect, moving_spect, self.config)
+            return GridField(np.zeros((3, *prepared.image.shape[1:]), np.float32), prepared.affine, prepared)
+        return GridField(np.zeros((3, *fixed_spect.data.shape), np.float32), fixed_spect.affine)
+
+
+def elastix_function() -> Any:
+    """corx.evaluation.elastix.elastix_register_pair, or a clear error while it does not exist."""
+    try:
+        from ..evaluation.elastix import elastix_register_pair
+    except ImportError as exc:
+        raise CorxError(f"--method elastix needs corx.evaluation.elastix (elastix_register_pair), which is not "
+                        f"available in this installation ({exc}); use --method corx or identity") from exc
+    return elastix_register_pair
+
+
+class ElastixMethod:
+    """Elastix (itk-elastix) through corx.evaluation.elastix; ``variant`` "ct" or "spect"."""
+
+    def __init__(self, variant: str, config: PreprocessConfig, max_iterations: int = 1000) -> None:
+        self.register_pair = elastix_function()
+        self.variant, self.config, self.max_iterations = variant, config, max_iterations
+        self.name = "elastix" if variant == "ct" else "elastix-spect"
+
+    def register(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume, moving_spect: Volume) -> GridField:
+        reg = self.register_pair(fixed_ct, moving_ct, fixed_spect, moving_spect, config=self.config,
+                                 variant=self.variant, max_iterations=self.max_iterations)
+        return GridField(np.asarray(reg.field, dtype=np.float32), np.asarray(reg.affine, dtype=np.float64))

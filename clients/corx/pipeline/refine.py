@@ -1,0 +1,77 @@
+"""Test-time instance optimisation (``--refine N``): N Adam steps on the displacement field of one pair.
+
+The loss is the bundle's training loss (corx_bundle.scripts.losses.HybridRegistrationLoss: CT MSE + 0.1 SPECT
+LNCC + 8e-4 diffusion) on the network input (:attr:`corx.preprocess.PreparedPair.image`), starting from the
+network's field. The optimised variable is a smooth correction added to that field: displacements on a control
+grid every ``stride`` network voxels (8: about 31 mm), upsampled trilinearly. Optimising every voxel's
+displacement instead lowers this weakly regularised loss further but moves away from the true field (measured on
+the phantom: mean error to the true field 1.45 -> 1.51 voxels after 30 voxel-wise steps, 1.45 -> 1.25 with the
+control grid). The field with the lowest loss seen is returned. Needs torch (imported here, only when called):
+in-process only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CorxError
+
+DEFAULT_LR = 0.2  # network voxels per step (Adam moves each control point by about lr per step)
+DEFAULT_STRIDE = 8  # network voxels between control points
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """The refined field (voxels, network grid) and the loss before and after."""
+
+    field: np.ndarray
+    loss_before: float
+    loss_after: float
+    steps: int
+
+
+def refine_field(image: np.ndarray, field: np.ndarray, steps: int, lr: float = DEFAULT_LR,
+                 stride: int = DEFAULT_STRIDE) -> RefineResult:
+    """Minimise the hybrid loss over a smooth correction of ``field`` with Adam, ``steps`` iterations."""
+    if steps < 1:
+        raise CorxError(f"--refine must be a positive number of steps, got {steps}")
+    if image.ndim != 4 or image.shape[0] != 4 or field.shape != (3, *image.shape[1:]):
+        raise CorxError(f"refine: image (4, X, Y, Z) and field (3, X, Y, Z) expected, got {image.shape} and "
+                        f"{field.shape}")
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        from corx_bundle.scripts.losses import HybridRegistrationLoss
+    except ImportError as exc:
+        raise CorxError(f"--refine needs torch and MONAI (pip install -e '.[net]'): {exc}") from exc
+
+    shape = tuple(int(s) for s in image.shape[1:])
+    control = tuple(max(2, math.ceil((n - 1) / stride) + 1) for n in shape)
+    images = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    base = torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))[None]
+    correction = torch.zeros((1, 3, *control), requires_grad=True)
+    loss_fn = HybridRegistrationLoss()
+    optimiser = torch.optim.Adam([correction], lr=lr)
+
+    def ddf() -> torch.Tensor:
+        return base + F.interpolate(correction, size=shape, mode="trilinear", align_corners=True)
+
+    best_loss, best, first = math.inf, base[0].clone(), math.nan
+    for step in range(steps + 1):
+        optimiser.zero_grad(set_to_none=True)
+        current = ddf()
+        loss = loss_fn(current, images)
+        value = float(loss.detach())
+        if step == 0:
+            first = value
+        if value < best_loss:
+            best_loss, best = value, current.detach()[0].clone()
+        if step == steps:
+            break
+        loss.backward()
+        optimiser.step()
+    return RefineResult(field=best.numpy().astype(np.float32), loss_before=first, loss_after=best_loss, steps=steps)

@@ -1,0 +1,58 @@
+"""Named pipeline steps: wall time of each, a tqdm progress bar, and errors that say which step failed."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import CorxError
+
+
+class StepError(CorxError):
+    """A step failed; the message names the step and the file it was working on."""
+
+
+class Steps:
+    """Runs the pipeline's steps in order, timing each and advancing a progress bar."""
+
+    def __init__(self, total: int, progress: bool = True) -> None:
+        self.timings: dict[str, float] = {}
+        self.current: str | None = None
+        self._bar: Any = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="corx pipeline", unit="step", file=sys.stderr, leave=True,
+                             bar_format="{desc:<32}|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+
+    @contextlib.contextmanager
+    def step(self, name: str, file: object = None) -> Iterator[None]:
+        """Time the block as step ``name``; any error is re-raised as StepError naming the step and ``file``."""
+        self.current = name
+        if self._bar is not None:
+            self._bar.set_description_str(name[:32])
+        t0 = time.perf_counter()
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise
+        except StepError:
+            raise
+        except Exception as exc:
+            where = f" ({file})" if file is not None else ""
+            detail = str(exc) if isinstance(exc, CorxError) else f"{type(exc).__name__}: {exc}"
+            raise StepError(f"step '{name}' failed{where}: {detail}") from exc
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Close the progress bar."""
+        if self._bar is not None:
+            self._bar.set_description_str("done" if self.current else "")
+            self._bar.close()
+            self._bar = None
