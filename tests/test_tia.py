@@ -466,3 +466,14 @@ def test_run_tia_on_arrays_api() -> None:
     assert out.tia.voxel_volume_ml == pytest.approx(0.064)
     assert out.multimodel is not None and out.dose is not None and out.voi_rows
     assert [r["voi"] for r in out.voi_rows] == ["label_4", "label_6", "label_7", "label_11"]
+
+
+def test_rmse_never_exceeds_the_curve_peak_even_for_rising_or_erratic_curves() -> None:
+    rng = np.random.default_rng(4)
+    hours = np.array([4.0, 24.0, 48.0, 120.0])
+    rising = np.outer(np.exp(hours / 10.0), rng.uniform(0.5, 2.0, 500))
+    erratic = rng.gamma(0.3, 1.0, (4, 500)) * rng.uniform(0, 1e4, 500)
+    curves = np.concatenate([rising, erratic], axis=1)
+    result = tia_from_curves(curves, hours)
+    assert np.all(np.isfinite(result.rmse))
+    assert np.all(result.rmse <= curves.max(axis=0) + 1e-3)

@@ -59,10 +59,18 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600 files: give results the usual permissions
+            os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_image(data: np.ndarray, affine: np.ndarray, target: str | os.PathLike, overwrite: bool = False,

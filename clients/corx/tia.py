@@ -232,6 +232,10 @@ def tia_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, *,
         idx = np.flatnonzero(fitted)
         if idx.size:
             a0[idx], lam[idx], sse[idx], ok[idx] = fit_monoexp(c[:, idx], h, n_iter=n_iter)
+    with np.errstate(invalid="ignore", over="ignore"):
+        fit_rmse = np.sqrt(np.maximum(sse, 0) / np.float32(h.size)).astype(np.float32)
+    # a fit whose residual exceeds the curve's own peak has diverged (e.g. a steeply rising curve): call it failed
+    ok = ok & np.isfinite(fit_rmse) & (fit_rmse <= peak)
     lam_f = np.float32(lambda_phys)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if head == "exponential":
@@ -249,7 +253,7 @@ def tia_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, *,
     use_mono = fast & ~excessive
     rule[use_mono] = RULE_MONOEXP
     tia = np.where(use_mono, mono, trap).astype(np.float32)
-    rmse = np.where(ok, np.sqrt(np.maximum(sse, 0) / np.float32(h.size)), np.float32(0.0)).astype(np.float32)
+    rmse = np.where(ok, fit_rmse, np.float32(0.0)).astype(np.float32)
     nan = np.float32(np.nan)
     return CurveTia(tia=tia, rule=rule, rmse=rmse, lambda_eff=np.where(ok, lam, nan).astype(np.float32),
                     a0=np.where(ok, a0, nan).astype(np.float32),
