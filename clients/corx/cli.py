@@ -50,11 +50,89 @@ class Commands:
 
         run_tia(manifest, out, overwrite=overwrite)
 
-    def demo(self, out: str = "demo_out", seed: int = 7, overwrite: bool = False) -> None:
-        """The main job on a generated phantom patient (today: phantom + montage)."""
+    def demo(self, out: str = "demo_out", seed: int = 7, method: str = "corx", overwrite: bool = False) -> None:
+        """The main job on a generated phantom patient: phantom, then `corx pipeline` (report in OUT/results).
+
+        Without trained weights (bundle/models/model.pt) CoRX-NET runs with freshly initialised weights and a
+        loud warning (near-identity registration). --method identity skips the network (fast).
+        """
         from .demo import run_demo
 
-        run_demo(Path(out), seed=seed, overwrite=overwrite)
+        run_demo(Path(out), seed=seed, method=method, overwrite=overwrite)
+
+    def pipeline(self, manifest: str, out: str, method: str = "corx", server: str | None = None,
+                 protocol: str = "http", refine: int = 0, checkpoint: str | None = None, random_init: bool = False,
+                 point: str | None = None, overwrite: bool = False) -> None:
+        """Register every time point to the reference, then TIA, dose, VOI table, figures and report.html in OUT.
+
+        Args:
+            method: 'corx' (CoRX-NET), 'identity' (no registration), 'elastix' or 'elastix-spect'.
+            server: Triton server URL (host:port); default: in-process PyTorch (bundle/models/model.pt).
+            protocol: 'http' or 'grpc' (with --server).
+            refine: N Adam steps of test-time optimisation of each field (in-process only).
+            random_init: freshly initialised network weights (no trained model; near-identity registration).
+            point: 'i,j,k' reference SPECT voxel for the profiles (default: the hottest tumour-like spot).
+        """
+        from .pipeline.run import pipeline_command
+
+        pipeline_command(manifest, out, method, server, protocol, refine, checkpoint, random_init, point, overwrite)
+
+    def export(self, checkpoint: str | None = None, random_init: bool = False, repo: str | None = None,
+               spatial_size: int = 128, max_batch: int = 4, torchscript: bool = True, tensorrt: bool = False,
+               variant: str = "corx") -> None:
+        """Export CoRX-NET to the Triton repository: ONNX (checked against PyTorch), TorchScript, TensorRT.
+
+        Args:
+            checkpoint: trained weights (bundle/models/model.pt); or --random_init (tests, benchmarks only).
+            repo: model repository (default triton_repo/); configs are written for --spatial_size.
+            tensorrt: also build a TensorRT engine (needs an NVIDIA GPU and the tensorrt package).
+        """
+        from .serving_commands import run_export
+
+        run_export(checkpoint, random_init, repo, spatial_size, max_batch, torchscript, tensorrt, variant)
+
+    def serve(self, repo: str | None = None, http_port: int = 8000, grpc_port: int = 8001,
+              host: str = "127.0.0.1", timeout: float = 300.0, metrics_port: int | None = None) -> None:
+        """Start a Triton server serving `corxnet` (ONNX model exported by `corx export`); Ctrl-C stops it."""
+        from .serving_commands import run_serve
+
+        run_serve(repo, http_port, grpc_port, host, timeout, metrics_port)
+
+    def register(self, manifest: str, out: str, backend: str = "inprocess", url: str | None = None,
+                 checkpoint: str | None = None, random_init: bool = False, spatial_size: int | None = None,
+                 timeout: float = 300.0, model: str = "corxnet", overwrite: bool = False) -> None:
+        """Register every time point to the reference with CoRX-NET; write warped CT/SPECT and fields to OUT.
+
+        Args:
+            backend: 'inprocess' (PyTorch, no server), 'onnx' (ONNX Runtime), 'http' or 'grpc' (Triton at --url).
+            model: served model name ('corxnet'; 'corxnet_trt' or 'corxnet_ts' on an NGC GPU server).
+        """
+        from .serving_commands import run_register
+
+        run_register(manifest, out, backend, url, checkpoint, random_init, spatial_size, timeout, model, overwrite)
+
+    def benchmark(self, out: str, cohort: str = "internal-val",
+                  methods: str = "identity,elastix,elastix-spect,transmorph,corx-nocs,corx", data: str | None = None,
+                  limit: int | None = None, seed: int = 0, downsample: int | None = None,
+                  elastix_iterations: int = 1000, elastix_grid_mm: float = 10.0, elastix_resolutions: int = 4,
+                  elastix_spect_weight: float = 0.1, threads: int | None = None) -> None:
+        """Compare registration methods on phantom pairs (paper Table 2 and 3 + ground truth) into OUT.
+
+        Args:
+            cohort: 'internal-val', 'external', or both comma-separated.
+            methods: comma-separated: identity, elastix, elastix-spect, transmorph, corx-nocs, corx.
+            data: the cohort folder (default OUT/data/<internal|external>[-ds<D>]); the paper protocol's
+                validation patients are generated there if absent.
+            limit: only the first K pairs (reference pairs first). Results are cached under OUT/cache.
+        """
+        from .evaluation.benchmark import parse_methods, run_benchmark
+        from .evaluation.elastix import ElastixSettings
+
+        elastix = ElastixSettings(max_iterations=elastix_iterations, grid_spacing_mm=elastix_grid_mm,
+                                  resolutions=elastix_resolutions, spect_weight=elastix_spect_weight,
+                                  threads=threads or 0)
+        run_benchmark(parse_methods(cohort), parse_methods(methods), out, data=data, limit=limit, seed=seed,
+                      downsample=downsample, elastix=elastix, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:
