@@ -1,0 +1,166 @@
+"""The compared registration methods, one interface: ``field(prepared, pair) -> (field, info)`` on the network grid.
+
+- ``identity``: zero field (no registration);
+- ``elastix``: the paper's Elastix baseline (CT-driven B-spline, AMMI), see :mod:`corx.evaluation.elastix`;
+- ``elastix-spect``: Elastix multi-metric on CT and SPECT (not in the paper);
+- ``transmorph``, ``corx-nocs``, ``corx``: the bundle's networks (in-process PyTorch). Weights are read from
+  bundle/models/transmorph/model.pt, bundle/models/corx_nocs/model.pt and bundle/models/model.pt; when a file is
+  missing the network runs with freshly initialised weights (seeded) and is reported as "untrained";
+- ``oracle`` (Python API only, tests): the phantom's true SPECT field, for reference pairs.
+
+``seconds`` in ``info`` is the method's own work on one preprocessed pair (network forward; Elastix registration
+plus the transformix field), not the preprocessing and warping every method shares.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import CorxError
+from ..preprocess import PreparedPair
+from .cache import file_digest
+from .cohort import Pair
+from .elastix import ElastixSettings, elastix_field
+from .ground_truth import resample_field
+from .metrics import NETWORK_VARIANTS, parameter_count
+
+BUNDLE_MODELS = Path(__file__).resolve().parents[3] / "bundle" / "models"
+METHOD_NAMES = ("identity", "elastix", "elastix-spect", "transmorph", "corx-nocs", "corx")
+WEIGHTS: dict[str, Path] = {"corx": BUNDLE_MODELS / "model.pt",
+                            "corx-nocs": BUNDLE_MODELS / "corx_nocs" / "model.pt",
+                            "transmorph": BUNDLE_MODELS / "transmorph" / "model.pt"}
+
+
+class Method(Protocol):
+    """A registration method as the benchmark sees it."""
+
+    name: str
+    status: str  # "trained", "untrained" (random weights) or "n/a"
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def parameters(self) -> int | None: ...
+
+    def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]: ...
+
+
+class IdentityMethod:
+    """No registration: the zero field."""
+
+    name, status = "identity", "n/a"
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def parameters(self) -> int | None:
+        return None
+
+    def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]:
+        return np.zeros((3, *prepared.moving_ct_hu.shape), np.float32), {"seconds": 0.0}
+
+
+class ElastixMethod:
+    """Elastix B-spline: variant "ct" (paper) or "spect" (CT + SPECT multi-metric)."""
+
+    status = "n/a"
+
+    def __init__(self, variant: str = "ct", settings: ElastixSettings | None = None) -> None:
+        self.variant = variant
+        self.name = "elastix" if variant == "ct" else "elastix-spect"
+        self.elastix = settings or ElastixSettings()
+
+    def settings(self) -> dict[str, Any]:
+        s = self.elastix.as_dict()
+        s.pop("threads")  # does not change the result
+        if self.variant == "ct":  # the metric weights only matter to the multi-metric variant
+            s.pop("ct_weight")
+            s.pop("spect_weight")
+        return {"variant": self.variant, **s}
+
+    def parameters(self) -> int | None:
+        return None
+
+    def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]:
+        return elastix_field(prepared, self.variant, self.elastix)
+
+
+class NetworkMethod:
+    """A bundle network in-process (torch imported on first use); random weights when the file is missing."""
+
+    def __init__(self, name: str, weights: Path | None = None, seed: int = 0, threads: int | None = None) -> None:
+        if name not in NETWORK_VARIANTS:
+            raise CorxError(f"unknown network method {name!r}")
+        self.name = name
+        self.variant = NETWORK_VARIANTS[name]
+        self.weights = Path(weights) if weights is not None else WEIGHTS[name]
+        self.status = "trained" if self.weights.is_file() else "untrained"
+        self.seed = int(seed)
+        self.threads = threads
+        self._backend: Any = None
+
+    def settings(self) -> dict[str, Any]:
+        weights = file_digest(self.weights) if self.status == "trained" else f"untrained(seed={self.seed})"
+        return {"variant": self.variant, "weights": weights}
+
+    def parameters(self) -> int | None:
+        return parameter_count(self.name)
+
+    def backend(self) -> Any:
+        if self._backend is None:
+            from ..backends import TorchBackend
+
+            trained = self.status == "trained"
+            self._backend = TorchBackend(self.weights if trained else None, random_init=not trained,
+                                         variant=self.variant, seed=self.seed, threads=self.threads)
+        return self._backend
+
+    def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]:
+        backend = self.backend()
+        t0 = time.perf_counter()
+        u = backend.infer(prepared.image)
+        return np.asarray(u, np.float32), {"seconds": time.perf_counter() - t0}
+
+
+class OracleMethod:
+    """The true SPECT field of a reference pair, resampled to the network grid (tests; an upper bound)."""
+
+    name, status = "oracle", "n/a"
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def parameters(self) -> int | None:
+        return None
+
+    def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]:
+        from ..warp import load_field
+
+        if not pair.reference:
+            raise CorxError(f"{pair.name}: the oracle needs a pair whose fixed image is the reference")
+        u, affine = load_field(pair.patient_dir / "truth" / f"field_spect_{pair.moving_id}.nii.gz")
+        u_net, _ = resample_field(u, affine, prepared.moving_ct_hu.shape, prepared.affine)
+        return u_net, {"seconds": 0.0}
+
+
+def make_methods(names: list[str] | tuple[str, ...], elastix: ElastixSettings | None = None, seed: int = 0,
+                 threads: int | None = None) -> list[Method]:
+    """Method objects by name (METHOD_NAMES, plus 'oracle')."""
+    out: list[Method] = []
+    for name in names:
+        if name == "identity":
+            out.append(IdentityMethod())
+        elif name in ("elastix", "elastix-spect"):
+            out.append(ElastixMethod("ct" if name == "elastix" else "spect", elastix))
+        elif name in NETWORK_VARIANTS:
+            out.append(NetworkMethod(name, seed=seed, threads=threads))
+        elif name == "oracle":
+            out.append(OracleMethod())
+        else:
+            raise CorxError(f"unknown method {name!r} (choose from {', '.join(METHOD_NAMES)})")
+    if len({m.name for m in out}) != len(out):
+        raise CorxError(f"a method is listed twice: {', '.join(names)}")
+    return out
