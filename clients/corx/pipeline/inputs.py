@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorxError
-from ..imageio import load_image, read_array
-from ..preprocess import Volume
+from ..imageio import load_image
+from ..preprocess import Volume, load_volume
 from . import dicom
 
 
@@ -57,12 +57,7 @@ def read_volume(path: str | os.PathLike, role: str, calibration: float | None = 
         else:
             vol = dicom.read_nm(path, calibration)
         return Volume(vol.data, vol.affine)
-    data, affine = read_array(path, dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise CorxError(f"{path}: expected a 3-D image, got shape {data.shape}")
-    return Volume(data, affine)
+    return load_volume(path)
 
 
 def array_on_grid(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray, what: str = "image",
