@@ -53,6 +53,10 @@ class ElastixSettings:
     threads: int = 0  # 0: ITK's default (all cores)
 
     def __post_init__(self) -> None:
+        for name, kind in (("max_iterations", int), ("grid_spacing_mm", float), ("resolutions", int),
+                           ("spatial_samples", int), ("histogram_bins", int), ("ct_weight", float),
+                           ("spect_weight", float), ("seed", int), ("threads", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))  # 20 and 20.0: one setting, one cache key
         if self.max_iterations < 1 or self.resolutions < 1 or self.spatial_samples < 16:
             raise CorxError(f"invalid Elastix settings: {self}")
         if self.grid_spacing_mm <= 0 or self.ct_weight < 0 or self.spect_weight < 0:
