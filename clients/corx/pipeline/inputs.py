@@ -28,34 +28,31 @@ def _check_calibration(path: Path, role: str, calibration: float | None) -> None
                         f"(NIfTI SPECT must already be in Bq/mL)")
 
 
-def image_geometry(path: str | os.PathLike, role: str, calibration: float | None = None
-                   ) -> tuple[tuple[int, ...], np.ndarray]:
-    """(shape, RAS affine) of a time point image, from the header where possible (for validation)."""
+def _checked_path(path: str | os.PathLike, role: str, calibration: float | None) -> Path:
+    """Validate role and calibration; a DICOM CT must be a series folder."""
     _check_role(role)
     path = Path(path)
     _check_calibration(path, role, calibration)
+    if role == "ct" and dicom.is_dicom_path(path) and not path.is_dir():
+        raise CorxError(f"{path}: a DICOM CT must be a series folder (one file per slice)")
+    return path
+
+
+def image_geometry(path: str | os.PathLike, role: str, calibration: float | None = None
+                   ) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, RAS affine) of a time point image, from the header where possible (for validation)."""
+    path = _checked_path(path, role, calibration)
     if dicom.is_dicom_path(path):
-        if role == "ct":
-            if not path.is_dir():
-                raise CorxError(f"{path}: a DICOM CT must be a series folder (one file per slice)")
-            return dicom.ct_series_geometry(path)
-        return dicom.nm_geometry(path, calibration)
+        return dicom.ct_series_geometry(path) if role == "ct" else dicom.nm_geometry(path, calibration)
     img = load_image(path)
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64)
 
 
 def read_volume(path: str | os.PathLike, role: str, calibration: float | None = None) -> Volume:
     """A time point's CT (HU) or SPECT (Bq/mL) as a float32 Volume; NIfTI or DICOM by the path."""
-    _check_role(role)
-    path = Path(path)
-    _check_calibration(path, role, calibration)
+    path = _checked_path(path, role, calibration)
     if dicom.is_dicom_path(path):
-        if role == "ct":
-            if not path.is_dir():
-                raise CorxError(f"{path}: a DICOM CT must be a series folder (one file per slice)")
-            vol = dicom.read_ct_series(path)
-        else:
-            vol = dicom.read_nm(path, calibration)
+        vol = dicom.read_ct_series(path) if role == "ct" else dicom.read_nm(path, calibration)
         return Volume(vol.data, vol.affine)
     return load_volume(path)
 
