@@ -6,6 +6,8 @@
 - ``transmorph``, ``corx-nocs``, ``corx``: the bundle's networks (in-process PyTorch). Weights are read from
   bundle/models/transmorph/model.pt, bundle/models/corx_nocs/model.pt and bundle/models/model.pt; when a file is
   missing the network runs with freshly initialised weights (seeded) and is reported as "untrained";
+- ``<network>+refine<N>`` (e.g. ``corx+refine50``): the network's field, then N Adam steps of the hybrid loss on
+  the pair (test-time instance optimisation, :func:`corx.pipeline.refine.refine_field`, as ``--refine N``);
 - ``oracle`` (Python API only, tests): the phantom's true SPECT field, for reference pairs.
 
 ``seconds`` in ``info`` is the method's own work on one preprocessed pair (network forward; Elastix registration
@@ -14,6 +16,7 @@ plus the transformix field), not the preprocessing and warping every method shar
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +36,7 @@ METHOD_NAMES = ("identity", "elastix", "elastix-spect", "transmorph", "corx-nocs
 WEIGHTS: dict[str, Path] = {"corx": BUNDLE_MODELS / "model.pt",
                             "corx-nocs": BUNDLE_MODELS / "corx_nocs" / "model.pt",
                             "transmorph": BUNDLE_MODELS / "transmorph" / "model.pt"}
+REFINE_SUFFIX = re.compile(r"^(?P<network>[a-z-]+)\+refine(?P<steps>[0-9]+)$")
 
 
 class Method(Protocol):
@@ -91,10 +95,15 @@ class ElastixMethod:
 class NetworkMethod:
     """A bundle network in-process (torch imported on first use); random weights when the file is missing."""
 
-    def __init__(self, name: str, weights: Path | None = None, seed: int = 0, threads: int | None = None) -> None:
+    def __init__(self, name: str, weights: Path | None = None, seed: int = 0, threads: int | None = None,
+                 refine_steps: int = 0) -> None:
         if name not in NETWORK_VARIANTS:
             raise CorxError(f"unknown network method {name!r}")
-        self.name = name
+        if refine_steps < 0:
+            raise CorxError(f"refine steps must be >= 0, got {refine_steps}")
+        self.name = f"{name}+refine{refine_steps}" if refine_steps else name
+        self.network_name = name
+        self.refine_steps = int(refine_steps)
         self.variant = NETWORK_VARIANTS[name]
         self.weights = Path(weights) if weights is not None else WEIGHTS[name]
         self.status = "trained" if self.weights.is_file() else "untrained"
@@ -104,10 +113,15 @@ class NetworkMethod:
 
     def settings(self) -> dict[str, Any]:
         weights = file_digest(self.weights) if self.status == "trained" else f"untrained(seed={self.seed})"
-        return {"variant": self.variant, "weights": weights}
+        out: dict[str, Any] = {"variant": self.variant, "weights": weights}
+        if self.refine_steps:
+            from ..pipeline.refine import DEFAULT_LR, DEFAULT_STRIDE
+
+            out["refine"] = {"steps": self.refine_steps, "lr": DEFAULT_LR, "stride": DEFAULT_STRIDE}
+        return out
 
     def parameters(self) -> int | None:
-        return parameter_count(self.name)
+        return parameter_count(self.network_name)
 
     def backend(self) -> Any:
         if self._backend is None:
@@ -121,8 +135,17 @@ class NetworkMethod:
     def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]:
         backend = self.backend()
         t0 = time.perf_counter()
-        u = backend.infer(prepared.image)
-        return np.asarray(u, np.float32), {"seconds": time.perf_counter() - t0}
+        u = np.asarray(backend.infer(prepared.image), np.float32)
+        network_seconds = time.perf_counter() - t0
+        if not self.refine_steps:
+            return u, {"seconds": network_seconds}
+        from ..pipeline.refine import refine_field
+
+        refined = refine_field(prepared.image, u, self.refine_steps)
+        total = time.perf_counter() - t0
+        return refined.field, {"seconds": total, "network_seconds": network_seconds,
+                               "refine_seconds": total - network_seconds, "refine_loss_before": refined.loss_before,
+                               "refine_loss_after": refined.loss_after}
 
 
 class OracleMethod:
@@ -157,10 +180,13 @@ def make_methods(names: list[str] | tuple[str, ...], elastix: ElastixSettings | 
             out.append(ElastixMethod("ct" if name == "elastix" else "spect", elastix))
         elif name in NETWORK_VARIANTS:
             out.append(NetworkMethod(name, seed=seed, threads=threads))
+        elif (match := REFINE_SUFFIX.match(name)) and match["network"] in NETWORK_VARIANTS:
+            out.append(NetworkMethod(match["network"], seed=seed, threads=threads, refine_steps=int(match["steps"])))
         elif name == "oracle":
             out.append(OracleMethod())
         else:
-            raise CorxError(f"unknown method {name!r} (choose from {', '.join(METHOD_NAMES)})")
+            raise CorxError(f"unknown method {name!r} (choose from {', '.join(METHOD_NAMES)}, or a network "
+                            "followed by +refineN, e.g. corx+refine50)")
     if len({m.name for m in out}) != len(out):
         raise CorxError(f"a method is listed twice: {', '.join(names)}")
     return out

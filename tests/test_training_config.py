@@ -1,0 +1,112 @@
+"""The CPU training overlay (train_cpu.json), the mixed-precision inferer and the refinement methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+
+
+def merged_config(*names: str):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / n) for n in names])
+    parser["bundle_root"] = str(BUNDLE)
+    return parser
+
+
+def test_cpu_overlay_crops_all_four_images_identically() -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    parser = merged_config("train.json", "train_cpu.json")
+    crop = Compose(parser.get_parsed_content("crop_augmentation"))
+    volume = torch.rand(1, 96, 96, 96)
+    keys = parser["image_keys"]
+    for seed in range(3):
+        crop.set_random_state(seed)
+        out = crop({k: MetaTensor(volume.clone(), affine=torch.eye(4)) for k in keys})
+        shapes = {tuple(out[k].shape) for k in keys}
+        assert shapes == {(1, *parser["crop_size"])}
+        for k in keys[1:]:  # one crop, flip and rotation for the four images
+            assert torch.equal(out[k].as_tensor(), out[keys[0]].as_tensor())
+
+
+@pytest.mark.parametrize("variant_config, variant", [(None, "corx"), ("corx_nocs.json", "corx_nocs"),
+                                                     ("transmorph.json", "transmorph")])
+def test_cpu_overlay_keeps_each_variant_in_its_own_run_folder(variant_config: str | None, variant: str) -> None:
+    names = ["train.json"] + ([variant_config] if variant_config else []) + ["train_cpu.json"]
+    parser = merged_config(*names)
+    assert parser.get_parsed_content("network_def#variant") == variant
+    ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
+    assert ckpt_dir == BUNDLE / "runs" / f"cpu_{variant}" / "models"
+    assert parser.get_parsed_content("train#dataset#_target_") == "PersistentDataset"
+    assert parser["train#inferer"]["_target_"] == "scripts.inferers.AutocastInferer"
+
+
+def test_autocast_inferer_returns_float32_close_to_fp32() -> None:
+    from corx_bundle.scripts.inferers import AutocastInferer
+    from corx_bundle.scripts.network import build_network
+
+    torch.manual_seed(0)
+    net = build_network("corx", embed_dim=12).eval()
+    with torch.no_grad():
+        for head in net.heads:  # a field of about a voxel, as a trained network gives (init: ~1e-4)
+            head.weight.normal_(0.0, 0.05)
+        x = torch.rand(1, 4, 32, 32, 32)
+        reference = net(x)
+        mixed = AutocastInferer("bfloat16")(x, net)
+    assert mixed.dtype == torch.float32
+    assert mixed.shape == reference.shape
+    scale = float(reference.abs().max())
+    assert scale > 0
+    assert float((mixed - reference).abs().max()) <= 0.05 * scale + 1e-6
+    with pytest.raises(ValueError, match="unknown autocast dtype"):
+        AutocastInferer("int8")
+
+
+def test_refine_methods_are_named_and_parsed() -> None:
+    from corx.errors import CorxError
+    from corx.evaluation.methods import make_methods
+    from corx.evaluation.metrics import parameter_count
+
+    (plain, refined) = make_methods(["corx", "corx+refine25"])
+    assert refined.name == "corx+refine25" and refined.refine_steps == 25
+    assert refined.parameters() == parameter_count("corx") == plain.parameters()
+    assert refined.settings()["refine"]["steps"] == 25 and "refine" not in plain.settings()
+    with pytest.raises(CorxError, match="unknown method"):
+        make_methods(["elastix+refine5"])
+    with pytest.raises(CorxError, match="unknown method"):
+        make_methods(["corx+refineX"])
+
+
+def test_publish_weights_half_loads_back_and_refuses_to_clobber(tmp_path: Path) -> None:
+    from corx_bundle.scripts.export import load_network
+    from corx_bundle.scripts.network import build_network
+    from corx_bundle.scripts.publish_weights import publish
+
+    torch.manual_seed(1)
+    net = build_network("corx", embed_dim=12)
+    src = tmp_path / "checkpoint.pt"
+    torch.save({"model": net.state_dict()}, src)  # the layout MONAI/Ignite savers write
+    dst = tmp_path / "models" / "model.pt"
+    size, digest = publish(src, dst, half=True)
+    assert size == dst.stat().st_size and len(digest) == 64
+    stored = torch.load(dst, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    loaded = load_network(dst, variant="corx", embed_dim=12)
+    for key, value in net.state_dict().items():
+        restored = loaded.state_dict()[key]
+        assert restored.dtype == value.dtype, key  # float16 is cast back to the network's float32
+        if value.is_floating_point():
+            assert torch.allclose(restored, value, rtol=1e-3, atol=1e-4), key
+        else:
+            assert torch.equal(restored, value), key
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        publish(src, dst)
+    publish(src, dst, overwrite=True)
+    assert torch.load(dst, weights_only=True)[next(iter(stored))].dtype == torch.float32
