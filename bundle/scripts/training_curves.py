@@ -1,4 +1,4 @@
-"""Plot training curves (loss per iteration, validation metrics per epoch) from the runs' TensorBoard logs.
+r"""Plot training curves (loss per iteration, validation metrics per epoch) from the runs' TensorBoard logs.
 
     python -m scripts.training_curves runs/cpu_corx runs/cpu_corx_nocs runs/cpu_transmorph \
         --out docs/training_curves.png
