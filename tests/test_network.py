@@ -7,6 +7,7 @@ import importlib.util
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -257,3 +258,26 @@ def test_invalid_arguments() -> None:
     net.pad_input = False
     with pytest.raises(ValueError, match="multiple"):
         net(torch.zeros(1, 4, 32, 32, 40))
+
+
+def test_group_norm_is_the_instance_norm_of_transmorph() -> None:
+    from corx_bundle.scripts.network import _conv_in_lrelu
+
+    block = _conv_in_lrelu(4, 6)
+    norm = block[1]
+    x = torch.randn(2, 6, 9, 10, 11) * 3 + 1
+    assert torch.allclose(norm(x), torch.nn.InstanceNorm3d(6)(x), atol=1e-5)
+    assert sum(p.numel() for p in norm.parameters()) == 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_channels_last_backend_gives_the_same_field(precision: str) -> None:
+    from corx.backends import TorchBackend
+
+    pair = torch.rand(4, 32, 32, 64, generator=torch.Generator().manual_seed(3)).numpy()
+    fields = [TorchBackend(random_init=True, embed_dim=12, precision=precision, channels_last=cl).infer(pair)
+              for cl in (False, True)]
+    assert fields[1].flags["C_CONTIGUOUS"] and fields[1].shape == (3, 32, 32, 64)
+    scale = float(np.abs(fields[0]).max())
+    tol = 1e-5 * scale if precision == "fp32" else 2e-2 * scale
+    assert float(np.abs(fields[1] - fields[0]).max()) <= tol

@@ -288,10 +288,15 @@ class CrossStitch(nn.Module):
 
 
 def _conv_in_lrelu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """TransMorph's ``Conv3dReLU``: Conv3d 3^3 (no bias), InstanceNorm (no affine), LeakyReLU(0.01)."""
+    """TransMorph's ``Conv3dReLU``: Conv3d 3^3 (no bias), instance norm (no affine), LeakyReLU(0.01).
+
+    The instance norm is written as ``GroupNorm(C, C, affine=False)``: the same statistics (one group per channel,
+    eps 1e-5, no parameters), but with a channels-last kernel on CPU, where ``InstanceNorm3d`` copies a
+    channels-last input back to contiguous (see :func:`to_channels_last`).
+    """
     return nn.Sequential(
         nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.InstanceNorm3d(out_channels),
+        nn.GroupNorm(out_channels, out_channels, affine=False),
         nn.LeakyReLU(inplace=True),
     )
 
@@ -573,3 +578,12 @@ def build_network(variant: str = "corx", **overrides: Any) -> CoRXNet:
     if variant not in VARIANTS:
         raise ValueError(f"unknown network variant {variant!r}; choose one of {sorted(VARIANTS)}")
     return CoRXNet(**{**VARIANTS[variant], **overrides})
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Put ``model``'s 5-D weights in channels-last (NDHWC) memory, in place; feed it channels-last inputs too.
+
+    Same results; on CPU the oneDNN convolutions, the group norms and the trilinear up-sampling then run without
+    layout copies (128^3 bf16 forward on one core under load: 13.0 s -> 10.1 s).
+    """
+    return model.to(memory_format=torch.channels_last_3d)

@@ -44,16 +44,20 @@ def _as_batch(pair: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 class TorchBackend:
-    """CoRX-NET in this process with PyTorch (lazy import); ``precision`` "fp32" or "bf16" (autocast)."""
+    """CoRX-NET in this process with PyTorch (lazy import); ``precision`` "fp32" or "bf16" (autocast).
+
+    ``channels_last`` (default) keeps weights and input in NDHWC memory: same field, faster on CPU.
+    """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, random_init: bool = False,
                  variant: str = "corx", precision: str = "fp32", device: str = "cpu", threads: int | None = None,
-                 seed: int = 0, **overrides: Any) -> None:
+                 seed: int = 0, channels_last: bool = True, **overrides: Any) -> None:
         if precision not in ("fp32", "bf16"):
             raise CorxError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         import torch
 
         from corx_bundle.scripts.export import load_network
+        from corx_bundle.scripts.network import to_channels_last
 
         if checkpoint is None and not random_init:
             if not DEFAULT_CHECKPOINT.is_file():
@@ -67,19 +71,22 @@ class TorchBackend:
         self.precision = precision
         self.net = load_network(checkpoint, random_init=random_init, variant=variant, seed=seed,
                                 **overrides).to(self.device)
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        if channels_last:
+            to_channels_last(self.net)
         self.input_shape: tuple[int, ...] = ()
 
     def infer(self, pair: np.ndarray) -> np.ndarray:
         batch, single = _as_batch(pair)
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
             if self.precision == "bf16":
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     field = self.net(x)
             else:
                 field = self.net(x)
-        out = field.float().cpu().numpy()
+        out = field.float().cpu().contiguous().numpy()
         return out[0] if single else out
 
     def close(self) -> None:
