@@ -327,3 +327,36 @@ def test_in_process_default_needs_weights_or_explicit_random_init() -> None:
     with pytest.raises(CorxError, match="no trained weights"):
         TorchBackend()
     assert os.environ.get("CORX_NEVER_SET") is None  # the random-init path is opt-in only
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from corx.backends import TorchBackend
+    from corx.serve import TritonServer, free_port
+    from corx.triton_client import TritonBackend
+    from corx_bundle.scripts.export import write_repository
+
+    repo = tmp_path / "repo"
+    shutil.copytree(exported["repo"], repo)
+    write_repository(repo, (SIZE,) * 3, runtime="torchscript-bf16")
+    assert 'string_value: "torchscript-bf16"' in (repo / "corxnet" / "config.pbtxt").read_text()
+    pair = _pair(5)
+    exact = TorchBackend(exported["checkpoint"], embed_dim=EMBED).infer(pair)
+    local_bf16 = TorchBackend(exported["checkpoint"], embed_dim=EMBED, precision="bf16").infer(pair)
+    with (TritonServer(repo, free_port(), free_port(), exit_timeout=2) as srv,
+          TritonBackend(srv.http_url, timeout=120) as client):
+        served = client.infer(pair)
+    scale = float(np.abs(exact).max())
+    assert float(np.abs(served - local_bf16).max()) <= 0.02 * scale
+    assert float(np.abs(served - exact).max()) <= 0.05 * scale
+    assert float(np.abs(served - exact).max()) > 1e-6  # bf16 really ran (float32 ONNX would match exactly)
+
+
+def test_unknown_runtime_is_refused() -> None:
+    from corx_bundle.scripts.export import render_configs
+
+    with pytest.raises(ValueError, match="unknown runtime 'int8'"):
+        render_configs(runtime="int8")

@@ -79,17 +79,19 @@ class Commands:
 
     def export(self, checkpoint: str | None = None, random_init: bool = False, repo: str | None = None,
                spatial_size: int = 128, max_batch: int = 4, torchscript: bool = True, tensorrt: bool = False,
-               variant: str = "corx") -> None:
+               variant: str = "corx", runtime: str = "onnxruntime") -> None:
         """Export CoRX-NET to the Triton repository: ONNX (checked against PyTorch), TorchScript, TensorRT.
 
         Args:
             checkpoint: trained weights (bundle/models/model.pt); or --random_init (tests, benchmarks only).
             repo: model repository (default triton_repo/); configs are written for --spatial_size.
             tensorrt: also build a TensorRT engine (needs an NVIDIA GPU and the tensorrt package).
+            runtime: what the CPU model `corxnet` runs: 'onnxruntime' (float32, default) or 'torchscript-bf16'
+                (PyTorch, bfloat16 autocast, channels-last: the fastest CPU path).
         """
         from .serving_commands import run_export
 
-        run_export(checkpoint, random_init, repo, spatial_size, max_batch, torchscript, tensorrt, variant)
+        run_export(checkpoint, random_init, repo, spatial_size, max_batch, torchscript, tensorrt, variant, runtime)
 
     def serve(self, repo: str | None = None, http_port: int = 8000, grpc_port: int = 8001,
               host: str = "127.0.0.1", timeout: float = 300.0, metrics_port: int | None = None) -> None:

@@ -20,7 +20,7 @@ def as_bool(value: object, name: str) -> bool:
 
 
 def run_export(checkpoint: str | None, random_init: bool, repo: str | None, spatial_size: int, max_batch: int,
-               torchscript: bool, tensorrt: bool, variant: str) -> None:
+               torchscript: bool, tensorrt: bool, variant: str, runtime: str = "onnxruntime") -> None:
     """Export into the Triton repository; bundle errors become one-line CorxErrors."""
     from corx_bundle.scripts.export import REPO_DEFAULT, ExportError, export_repository
 
@@ -29,8 +29,8 @@ def run_export(checkpoint: str | None, random_init: bool, repo: str | None, spat
     try:
         report = export_repository(repo or REPO_DEFAULT, checkpoint=checkpoint, random_init=random_init,
                                    spatial_size=spatial_size, max_batch=max_batch, torchscript=torchscript,
-                                   tensorrt=tensorrt, variant=variant)
-    except ExportError as exc:
+                                   tensorrt=tensorrt, variant=variant, runtime=runtime)
+    except (ExportError, ValueError) as exc:
         raise CorxError(str(exc)) from exc
     print(report.summary())
     if random_init:

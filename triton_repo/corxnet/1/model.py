@@ -1,6 +1,8 @@
 """Triton Python-backend model ``corxnet``: CoRX-NET ``pair`` (B, 4, D, H, W) -> ``field`` (B, 3, D, H, W).
 
-Runs ``model.onnx`` (written by ``corx export``) with ONNX Runtime. On a GPU instance (KIND_GPU), when the
+Runs ``model.onnx`` (written by ``corx export``) with ONNX Runtime, or, with the parameter ``runtime`` set to
+``torchscript-bf16``, the TorchScript export with PyTorch under bfloat16 autocast in channels-last memory (the
+fastest CPU path; the field differs from float32 by bf16 rounding). On a GPU instance (KIND_GPU), when the
 TensorRT engine named by the ``tensorrt_engine`` parameter exists and ``tensorrt`` and ``torch`` (CUDA buffers)
 import, it runs the engine instead; otherwise ONNX Runtime with the CUDA provider when available. Requests queued
 by the dynamic batcher are concatenated along the batch axis and answered in order. Triton itself refuses inputs
@@ -35,6 +37,27 @@ class _OnnxRunner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+class _TorchScriptRunner:
+    """The TorchScript export on CPU with PyTorch: bfloat16 autocast, channels-last weights and inputs."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = torch.jit.load(path, map_location="cpu").eval()
+        self.model.to(memory_format=torch.channels_last_3d)
+        self.description = f"PyTorch {torch.__version__} bf16 channels-last on {os.path.basename(path)}"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch)).contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            field = self.model(x)
+        return field.float().contiguous().numpy()
 
 
 class _TensorRTRunner:
@@ -90,11 +113,21 @@ class TritonPythonModel:
                 self.runner = _TensorRTRunner(engine_path, gpu, self.input_name, self.output_name)
             except (ImportError, RuntimeError) as exc:
                 self.logger.log_warn(f"corxnet: TensorRT engine not used ({exc}); falling back to ONNX Runtime")
+        runtime = params.get("runtime", "onnxruntime") or "onnxruntime"
+        threads = int(params.get("intra_op_threads", "0") or 0)
+        if self.runner is None and runtime == "torchscript-bf16":
+            ts_path = os.path.normpath(os.path.join(model_dir, params.get("torchscript_model", "")))
+            if not os.path.isfile(ts_path):
+                raise pb_utils.TritonModelException(
+                    f"{ts_path}: TorchScript model missing; export it with `corx export --checkpoint MODEL.pt`")
+            self.runner = _TorchScriptRunner(ts_path, threads)
+        elif runtime not in ("onnxruntime", "torchscript-bf16"):
+            raise pb_utils.TritonModelException(f"corxnet: unknown runtime {runtime!r} in config.pbtxt")
         if self.runner is None:
             if not os.path.isfile(onnx_path):
                 raise pb_utils.TritonModelException(
                     f"{onnx_path}: ONNX model missing; export it with `corx export --checkpoint MODEL.pt`")
-            self.runner = _OnnxRunner(onnx_path, int(params.get("intra_op_threads", "0") or 0), gpu)
+            self.runner = _OnnxRunner(onnx_path, threads, gpu)
         self.logger.log_info(f"corxnet: {self.runner.description}")
 
     def execute(self, requests: list) -> list:
