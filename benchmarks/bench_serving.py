@@ -1,7 +1,10 @@
 """CoRX-NET inference at 128^3 on CPU: Triton (HTTP, gRPC, shared memory) versus in-process (eager, bf16, ORT).
 
-Exports a freshly initialised CoRX-NET (timing only: weights do not change the cost) to ONNX in a temporary
-model repository (or uses --repo DIR if it already holds corxnet/1/model.onnx), then runs each mode in its own
+Exports a freshly initialised CoRX-NET (timing only: weights do not change the cost) to ONNX and TorchScript in a
+temporary model repository (or uses --repo DIR if it already holds corxnet/1/model.onnx). Served modes ending in
+"@bf16" go to a second server whose corxnet runs the TorchScript model in bf16 (runtime torchscript-bf16); the
+others to one running ONNX Runtime. In-process "bf16" is channels-last (the default), "bf16-contiguous" is not.
+Each mode runs in its own
 worker process (all loaded and warmed up first, then driven in interleaved rounds so that a drifting CPU speed
 affects every mode alike): --requests timed pairs per mode, one at a time. Prints latency p50/p95,
 throughput (pairs/s) and peak memory (worker RSS; for Triton also the server and its Python-backend stub).
@@ -20,22 +23,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-IN_PROCESS = ("eager", "bf16", "onnx")
-SERVED = ("http", "grpc", "http+shm", "grpc+shm")
+IN_PROCESS = ("eager", "bf16", "bf16-contiguous", "onnx")
+SERVED = ("http", "grpc", "http+shm", "grpc+shm", "http@bf16", "grpc+shm@bf16")
 
 
 def _backend(mode: str, repo: str, url: str):
     from corx.backends import OnnxRuntimeBackend, TorchBackend
     from corx.triton_client import TritonBackend
 
-    if mode in ("eager", "bf16"):
-        return TorchBackend(random_init=True, precision="fp32" if mode == "eager" else "bf16")
+    if mode in ("eager", "bf16", "bf16-contiguous"):
+        return TorchBackend(random_init=True, precision="fp32" if mode == "eager" else "bf16",
+                            channels_last=mode != "bf16-contiguous")
     if mode == "onnx":
         return OnnxRuntimeBackend(Path(repo) / "corxnet" / "1" / "model.onnx")
-    protocol, shm = mode.split("+")[0], mode.endswith("+shm")
+    transport = mode.split("@")[0]
+    protocol, shm = transport.split("+")[0], transport.endswith("+shm")
     return TritonBackend(url, protocol=protocol, shared_memory=shm, timeout=600).connect()
 
 
@@ -132,9 +138,20 @@ def _export(repo: Path, size: int) -> None:
     from corx_bundle.scripts.export import export_repository
 
     start = time.perf_counter()
-    report = export_repository(repo, random_init=True, spatial_size=size, torchscript=False)
-    print(f"exported ONNX in {time.perf_counter() - start:.0f} s (max |ORT - eager| "
+    report = export_repository(repo, random_init=True, spatial_size=size, torchscript=True)
+    print(f"exported ONNX and TorchScript in {time.perf_counter() - start:.0f} s (max |ORT - eager| "
           f"{report.max_abs_diff['onnx']:.1e} voxels)", flush=True)
+
+
+def _bf16_repo(repo: Path, target: Path, size: int) -> Path:
+    """A copy of ``repo`` whose corxnet runs the TorchScript model in bf16."""
+    import shutil
+
+    from corx_bundle.scripts.export import write_repository
+
+    shutil.copytree(repo, target)
+    write_repository(target, (size,) * 3, runtime="torchscript-bf16")
+    return target
 
 
 def main() -> None:
@@ -155,37 +172,47 @@ def main() -> None:
         repo = Path(args.repo) if args.repo else Path(tmp) / "repo"
         if not (repo / "corxnet" / "1" / "model.onnx").is_file():
             _export(repo, args.size)
-        server = None
-        if any(m in SERVED for m in modes):
+        servers: dict[str, Any] = {}  # "onnx" / "bf16" -> TritonServer
+        for kind in {("bf16" if m.endswith("@bf16") else "onnx") for m in modes if m in SERVED}:
             from corx.serve import TritonServer, free_port
 
-            server = stack.enter_context(TritonServer(repo, free_port(), free_port(), exit_timeout=2))
+            served_repo = _bf16_repo(repo, Path(tmp) / "repo_bf16", args.size) if kind == "bf16" else repo
+            servers[kind] = stack.enter_context(TritonServer(served_repo, free_port(), free_port(), exit_timeout=2))
+
+        def server_of(mode: str) -> Any:
+            return servers.get("bf16" if mode.endswith("@bf16") else "onnx") if mode in SERVED else None
+
         workers = []
         for mode in modes:
             print(f"starting {mode} (load + warm-up) ...", flush=True)
+            server = server_of(mode)
             url = "" if server is None else server.grpc_url if mode.startswith("grpc") else server.http_url
             workers.append(Worker(mode, args, repo, url))
         for r in range(args.requests):  # interleaved, so that a drifting CPU speed affects every mode alike
             print(f"round {r + 1}/{args.requests}", flush=True)
             for w in workers:
-                w.run(server.process.pid if server and server.process and w.mode in SERVED else None)
+                server = server_of(w.mode)
+                w.run(server.process.pid if server and server.process else None)
         for w in workers:
             w.quit()
-        server_mib = _peak_rss_mib(server.process.pid) if server and server.process else float("nan")
+        server_mib = {kind: _peak_rss_mib(s.process.pid) if s.process else float("nan")
+                      for kind, s in servers.items()}
 
     print(f"\nCoRX-NET, one pair {args.size}^3 (4 x {args.size}^3 float32 in, 3 x {args.size}^3 out), "
           f"{args.requests} requests per mode after a warm-up, modes interleaved, one request at a time, CPU")
-    print(f"{'mode':<18}{'p50 s':>8}{'p95 s':>8}{'pairs/s':>9}{'CPU s/pair':>12}{'client MiB':>12}"
+    print(f"{'mode':<22}{'p50 s':>8}{'p95 s':>8}{'pairs/s':>9}{'CPU s/pair':>12}{'client MiB':>12}"
           f"{'server MiB':>12}")
     for w in workers:
         lat = np.array(w.latencies)
         label = w.mode if w.mode in IN_PROCESS else f"triton {w.mode}"
-        srv = f"{server_mib:>12.0f}" if w.mode in SERVED else f"{'-':>12}"
-        print(f"{label:<18}{np.percentile(lat, 50):>8.2f}{np.percentile(lat, 95):>8.2f}"
+        server_kind = "bf16" if w.mode.endswith("@bf16") else "onnx"
+        srv = f"{server_mib[server_kind]:>12.0f}" if w.mode in SERVED else f"{'-':>12}"
+        print(f"{label:<22}{np.percentile(lat, 50):>8.2f}{np.percentile(lat, 95):>8.2f}"
               f"{len(lat) / lat.sum():>9.3f}{np.median(w.cpu):>12.1f}{w.rss_mib:>12.0f}{srv}")
     print("pairs/s: one client, sequential requests. CPU s/pair: median user+system CPU seconds of the client "
           "process plus, for Triton, tritonserver and its stub (less sensitive than wall time to other load on the "
-          "machine). server MiB: peak RSS of tritonserver + stub over all Triton modes.")
+          "machine). server MiB: peak RSS of tritonserver + stub over the Triton modes it served (@bf16: the "
+          "server running the TorchScript model in bf16; others: ONNX Runtime float32).")
 
 
 if __name__ == "__main__":
