@@ -319,11 +319,12 @@ def test_register_pair_served_equals_in_process(server, exported: dict, tmp_path
         register_pair(*args, backend=client, config=PreprocessConfig())
 
 
-def test_in_process_default_needs_weights_or_explicit_random_init() -> None:
-    from corx.backends import DEFAULT_CHECKPOINT, TorchBackend
+def test_in_process_default_needs_weights_or_explicit_random_init(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import corx.backends
+    from corx.backends import TorchBackend
 
-    if DEFAULT_CHECKPOINT.is_file():
-        pytest.skip("trained weights present")
+    monkeypatch.setattr(corx.backends, "DEFAULT_CHECKPOINT", tmp_path / "missing" / "model.pt")  # weights absent
     with pytest.raises(CorxError, match="no trained weights"):
         TorchBackend()
     assert os.environ.get("CORX_NEVER_SET") is None  # the random-init path is opt-in only

@@ -1,7 +1,11 @@
-"""The weights shipped in bundle/models register: on a fixed phantom pair they cut the true SPECT-field error.
+"""The weights shipped in bundle/models load, and CoRX-NET's cut the ground-truth error on a fixed phantom pair.
 
-The pair comes from a phantom seed that training never saw (training used seed 0). The bound is set so that the
-freshly initialised network (a near-identity field) fails it: the test checks both.
+The pair (internal cohort, seed 7, patient index 2, reference 4 h -> 48 h) comes from a phantom seed that training
+never saw (training used seed 0). Measures: the mean error of the SPECT field in the kidneys (mm) and the error of
+the tumours' activity-weighted centroids after warping (mm), each against the phantom's truth. The bounds are
+ratios to no registration (identity) that the freshly initialised network (a near-identity field) fails: the test
+checks that too. Measured with the shipped weights (bf16): kidneys 7.85 -> 5.86 mm, tumour centroids
+4.09 -> 1.79 mm; untrained: 7.85 and 4.09 mm.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from corx.backends import DEFAULT_CHECKPOINT
 from corx.evaluation.methods import WEIGHTS
 
 UNSEEN_SEED, INDEX = 7, 2
-# trained error must be below this fraction of the identity (no registration) error; see the model card
-ERROR_RATIO_BOUND = 0.75
+KIDNEY_ERROR_RATIO = 0.85  # trained kidney SPECT-field error / identity's must be below this
+CENTROID_ERROR_RATIO = 0.6  # trained tumour centroid error / identity's must be below this
 
 
 @pytest.fixture(scope="module")
@@ -29,42 +33,48 @@ def pair_and_truth(tmp_path_factory: pytest.TempPathFactory):
     patient = json.loads((folder / "patient.json").read_text())
     ref = patient["reference"]
     tps = {tp["id"]: tp for tp in patient["timepoints"]}
-    moving = next(tp for tp in tps if tp != ref)
+    moving = max((tp for tp in tps if tp != ref), key=lambda tp: tps[tp]["hours"])
     prepared = preprocess_pair(folder / tps[ref]["ct"], folder / tps[moving]["ct"], folder / tps[ref]["spect"],
                                folder / tps[moving]["spect"])
-    truth = load_pair_truth(folder, ref, moving)
-    return prepared, truth
+    return prepared, load_pair_truth(folder, ref, moving)
 
 
-def body_error_mm(field: np.ndarray, prepared, truth) -> float:
+def ground_truth_errors(field: np.ndarray, prepared, truth) -> tuple[float, float]:
+    """(kidney mean SPECT-field error, tumour centroid error), mm."""
     from corx.evaluation.ground_truth import ground_truth_metrics
 
-    return ground_truth_metrics(field, prepared.affine, truth)["err_body_mean_mm"]
+    metrics = ground_truth_metrics(field, prepared.affine, truth)
+    return metrics["err_kidneys_mean_mm"], metrics["tumour_centroid_mm"]
 
 
-def test_weights_are_shipped_small_and_listed() -> None:
-    listed = (DEFAULT_CHECKPOINT.parents[1] / "large_files.yml").read_text()
-    for path in WEIGHTS.values():
-        assert path.is_file(), f"{path}: shipped weights missing"
-        assert path.stat().st_size < 50 * 2**20, f"{path}: over 50 MB"
-        assert str(path.relative_to(DEFAULT_CHECKPOINT.parents[1])) in listed
+@pytest.mark.parametrize("method", ["corx", "corx-nocs", "transmorph"])
+def test_weights_are_shipped_small_listed_and_load(method: str) -> None:
+    from corx.evaluation.metrics import NETWORK_VARIANTS
+    from corx_bundle.scripts.export import load_network
+
+    bundle = DEFAULT_CHECKPOINT.parents[1]
+    path = WEIGHTS[method]
+    assert path.is_file(), f"{path}: shipped weights missing"
+    assert path.stat().st_size < 50 * 2**20, f"{path}: over 50 MB"
+    assert str(path.relative_to(bundle)) in (bundle / "large_files.yml").read_text()
+    net = load_network(path, variant=NETWORK_VARIANTS[method])  # strict: every tensor of the variant matches
+    assert all(bool(p.detach().isfinite().all()) for p in net.parameters())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["corx", "corx-nocs", "transmorph"])
-def test_shipped_weights_beat_identity_and_untrained(pair_and_truth, method: str) -> None:
+def test_shipped_corx_weights_cut_the_ground_truth_error(pair_and_truth) -> None:
     from corx.backends import TorchBackend
-    from corx.evaluation.metrics import NETWORK_VARIANTS
 
     prepared, truth = pair_and_truth
-    variant = NETWORK_VARIANTS[method]
-    identity = body_error_mm(np.zeros((3, *prepared.image.shape[1:]), np.float32), prepared, truth)
-    trained = body_error_mm(TorchBackend(WEIGHTS[method], variant=variant, precision="bf16").infer(prepared.image),
-                            prepared, truth)
-    untrained = body_error_mm(TorchBackend(None, random_init=True, variant=variant, precision="bf16")
-                              .infer(prepared.image), prepared, truth)
-    print(f"{method}: body mean SPECT-field error identity {identity:.2f} mm, untrained {untrained:.2f} mm, "
-          f"trained {trained:.2f} mm")
-    assert identity > 2.0  # the pair is misaligned enough to tell
-    assert untrained > ERROR_RATIO_BOUND * identity  # the bound is one untrained weights fail
-    assert trained < ERROR_RATIO_BOUND * identity
+    identity = ground_truth_errors(np.zeros((3, *prepared.image.shape[1:]), np.float32), prepared, truth)
+    trained = ground_truth_errors(TorchBackend(WEIGHTS["corx"], precision="bf16").infer(prepared.image),
+                                  prepared, truth)
+    untrained = ground_truth_errors(TorchBackend(None, random_init=True, precision="bf16").infer(prepared.image),
+                                    prepared, truth)
+    print(f"kidney SPECT-field error / tumour centroid error (mm): identity {identity}, untrained {untrained}, "
+          f"trained {trained}")
+    assert identity[0] > 3.0 and identity[1] > 2.0  # misaligned enough to tell
+    bounds = (KIDNEY_ERROR_RATIO * identity[0], CENTROID_ERROR_RATIO * identity[1])
+    assert untrained[0] >= bounds[0] and untrained[1] >= bounds[1]  # bounds that untrained weights fail
+    assert trained[0] < bounds[0], f"kidney error {trained[0]:.2f} mm, bound {bounds[0]:.2f}"
+    assert trained[1] < bounds[1], f"tumour centroid error {trained[1]:.2f} mm, bound {bounds[1]:.2f}"
