@@ -10,7 +10,9 @@ checks that too. Measured with the shipped weights (bf16): kidneys 7.85 -> 5.86 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -56,7 +58,11 @@ def test_weights_are_shipped_small_listed_and_load(method: str) -> None:
     path = WEIGHTS[method]
     assert path.is_file(), f"{path}: shipped weights missing"
     assert path.stat().st_size < 50 * 2**20, f"{path}: over 50 MB"
-    assert str(path.relative_to(bundle)) in (bundle / "large_files.yml").read_text()
+    listed = (bundle / "large_files.yml").read_text()
+    entry = re.search(rf'path: "{re.escape(str(path.relative_to(bundle)))}"\s+url: "[^"]*"\s+hash_val: "([0-9a-f]+)"',
+                      listed)
+    assert entry, f"{path} is not listed in large_files.yml"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry[1], f"{path}: sha256 differs from large_files.yml"
     net = load_network(path, variant=NETWORK_VARIANTS[method])  # strict: every tensor of the variant matches
     assert all(bool(p.detach().isfinite().all()) for p in net.parameters())
 
