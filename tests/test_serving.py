@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 EMBED = 12
+STEPS = 5
 FIELD_TOL = 1e-3  # voxels
 
 
@@ -39,7 +40,12 @@ def _pair(seed: int, batch: int | None = None) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Checkpoint of a small network whose field is O(1) voxels, exported (ONNX + TorchScript) at 64^3."""
+    """Checkpoint of a small network whose field is O(1) voxels, exported (ONNX + TorchScript) at 64^3.
+
+    It outputs a stationary velocity field (``integration_steps`` 5): the served model returns the raw output and
+    the clients integrate it in numpy, the in-process reference in torch (MONAI ``DVF2DDF``); every comparison
+    with the reference below therefore also checks that the two integrations agree.
+    """
     import torch
 
     from corx_bundle.scripts.export import export_repository, save_checkpoint
@@ -47,7 +53,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     tmp = tmp_path_factory.mktemp("serving")
     torch.manual_seed(0)
-    net = build_network("corx", embed_dim=EMBED)
+    net = build_network("corx", embed_dim=EMBED, integration_steps=STEPS)
     for head in net.heads:  # the initial head gives |u| ~ 1e-4: make differences visible
         torch.nn.init.normal_(head.weight, std=0.02)
     checkpoint = save_checkpoint(net, tmp / "model.pt")
@@ -89,10 +95,22 @@ def test_export_is_checked_and_writes_configs_for_its_size(exported: dict) -> No
     repo = exported["repo"]
     assert (repo / "corxnet" / "1" / "model.onnx").is_file() and (repo / "corxnet_ts" / "1" / "model.pt").is_file()
     assert "dims: [ 4, 64, 64, 64 ]" in (repo / "corxnet" / "config.pbtxt").read_text()
+    for name in ("corxnet", "corxnet_trt", "corxnet_ts"):  # the clients integrate the velocity output
+        assert f'key: "integration_steps", value: {{ string_value: "{STEPS}" }}' in \
+            (repo / name / "config.pbtxt").read_text(), name
     # the tracked configs are exactly what the generator writes for 128^3
     for name, text in render_configs((128, 128, 128)).items():
         assert (ROOT / "triton_repo" / name / "config.pbtxt").read_text() == text, name
     assert 'platform: "tensorrt_plan"' in render_configs()["corxnet_trt"]
+
+
+def test_onnx_runtime_backend_integrates_like_in_process(exported: dict, reference) -> None:
+    from corx.backends import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(exported["repo"] / "corxnet" / "1" / "model.onnx")
+    assert backend.integration_steps == STEPS  # read from the ONNX model's metadata
+    field = backend.infer(_pair(3))
+    assert float(np.abs(field - reference(3)).max()) <= FIELD_TOL
 
 
 def test_checkpoint_is_required_unless_random_init_is_explicit() -> None:
@@ -343,7 +361,9 @@ def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path
     repo = tmp_path / "repo"
     shutil.copytree(exported["repo"], repo)
     write_repository(repo, (SIZE,) * 3, runtime="torchscript-bf16")
-    assert 'string_value: "torchscript-bf16"' in (repo / "corxnet" / "config.pbtxt").read_text()
+    config = (repo / "corxnet" / "config.pbtxt").read_text()
+    assert 'string_value: "torchscript-bf16"' in config
+    assert f'key: "integration_steps", value: {{ string_value: "{STEPS}" }}' in config  # kept on re-render
     pair = _pair(5)
     exact = TorchBackend(exported["checkpoint"], embed_dim=EMBED).infer(pair)
     local_bf16 = TorchBackend(exported["checkpoint"], embed_dim=EMBED, precision="bf16").infer(pair)

@@ -33,3 +33,28 @@ def nonpositive_jacobian_percent(field: np.ndarray, mask: np.ndarray | None = No
 def field_to_mm(field: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """World-space (mm) displacement vectors (3, X, Y, Z) of a voxel-unit field on the grid ``affine``."""
     return np.einsum("ij,j...->i...", np.asarray(affine, dtype=np.float64)[:3, :3], field)
+
+
+def integrate_velocity(velocity: np.ndarray, steps: int) -> np.ndarray:
+    """Displacement field of a stationary velocity field by scaling and squaring (numpy twin of MONAI ``DVF2DDF``).
+
+    ``velocity`` (3, X, Y, Z) or (B, 3, X, Y, Z) in voxels; ``u = v / 2**steps``, then ``steps`` times
+    ``u <- u + u(p + u(p))`` with trilinear sampling and border padding (``DVF2DDF(steps, "bilinear", "border")``,
+    which the bundle's :class:`scripts.inferers.FieldInferer` uses). ``steps=0`` returns the input as a displacement.
+    """
+    v = np.asarray(velocity, dtype=np.float32)
+    if v.ndim == 5:
+        return np.stack([integrate_velocity(item, steps) for item in v])
+    if v.ndim != 4 or v.shape[0] != 3:
+        raise ValueError(f"expected a (3, X, Y, Z) or (B, 3, X, Y, Z) velocity field, got shape {v.shape}")
+    if steps < 0:
+        raise ValueError(f"integration steps must be >= 0, got {steps}")
+    from scipy import ndimage
+
+    u = v * np.float32(1.0 / 2**steps)
+    identity = np.indices(v.shape[1:], dtype=np.float32)
+    for _ in range(steps):
+        coords = identity + u
+        u = u + np.stack([ndimage.map_coordinates(u[c], coords, order=1, mode="nearest", prefilter=False)
+                          for c in range(3)])
+    return u

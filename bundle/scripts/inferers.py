@@ -1,8 +1,10 @@
-"""Mixed-precision inference for the Ignite engines on any device.
+"""How the Ignite engines turn a network output into a displacement field, with mixed precision on any device.
 
-MONAI's engines only autocast on CUDA (``amp=True``); this inferer runs the network under
-``torch.autocast`` on the inputs' own device (bfloat16 on CPUs with AVX512-BF16/AMX, float16 or bfloat16 on GPUs)
-and hands back a float32 field, so the loss and metrics stay in full precision.
+MONAI's engines only autocast on CUDA (``amp=True``). :class:`FieldInferer` runs the network under
+``torch.autocast`` on the inputs' own device when asked (bfloat16 on CPUs with AVX512-BF16/AMX, float16 or bfloat16
+on GPUs), and hands back a float32 displacement field: when the network outputs a stationary velocity field
+(``integration_steps`` > 0, see :mod:`scripts.network`) it is integrated by scaling and squaring with MONAI's
+``DVF2DDF`` in float32, so the loss, the metrics and the saved fields always see a displacement.
 """
 
 from __future__ import annotations
@@ -11,21 +13,40 @@ from typing import Any
 
 import torch
 from monai.inferers import Inferer
+from monai.networks.blocks import DVF2DDF
+
+from .network import output_integration_steps
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class AutocastInferer(Inferer):
-    """Call the network under ``torch.autocast(device_type=inputs.device.type, dtype=dtype)``; return float32."""
+def displacement_from_output(output: torch.Tensor, steps: int) -> torch.Tensor:
+    """The network output as a float32 displacement field: itself (``steps=0``) or its scaling-and-squaring
+    integral (``DVF2DDF(steps, "bilinear", "border")``; numpy twin: ``scripts.fieldops.integrate_velocity``)."""
+    output = output.float()
+    if steps <= 0:
+        return output
+    return DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border")(output)
 
-    def __init__(self, dtype: str = "bfloat16", enabled: bool = True) -> None:
+
+class FieldInferer(Inferer):
+    """Call the network (under ``torch.autocast`` when ``dtype`` is given and ``enabled``); return a float32
+    displacement field, integrating a velocity output with the network's own ``integration_steps``."""
+
+    def __init__(self, dtype: str | None = None, enabled: bool = True) -> None:
         super().__init__()
-        if dtype not in AUTOCAST_DTYPES:
+        if dtype is not None and dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown autocast dtype '{dtype}' (choose from {', '.join(AUTOCAST_DTYPES)})")
-        self.dtype = AUTOCAST_DTYPES[dtype]
-        self.enabled = enabled
+        self.dtype = AUTOCAST_DTYPES[dtype] if dtype else None
+        self.enabled = enabled and dtype is not None
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch.autocast(device_type=inputs.device.type, dtype=self.dtype, enabled=self.enabled):
+        with torch.autocast(device_type=inputs.device.type, dtype=self.dtype or torch.bfloat16,
+                            enabled=self.enabled):
             output = network(inputs, *args, **kwargs)
-        return output.float()
+        return displacement_from_output(output, output_integration_steps(_unwrap(network)))
+
+
+def _unwrap(network: Any) -> Any:
+    """The module itself behind DistributedDataParallel / DataParallel wrappers."""
+    return getattr(network, "module", network)

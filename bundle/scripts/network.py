@@ -93,8 +93,12 @@ __all__ = [
     "count_parameters",
     "crop",
     "crop_to_shape",
+    "output_integration_steps",
     "pad_to_multiple",
 ]
+
+#: Largest number of scaling-and-squaring steps a network may ask for (2**12 = 4096 sub-steps).
+MAX_INTEGRATION_STEPS = 12
 
 #: Parameter counts reported in the paper's Table 2.
 PAPER_PARAMETERS: dict[str, int] = {"corx": 9_557_138, "corx_nocs": 9_557_110, "transmorph": 20_800_563}
@@ -110,6 +114,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "num_heads": (4, 4, 8, 8),
     },
 }
+
+
+def output_integration_steps(model: nn.Module) -> int:
+    """Scaling-and-squaring steps the network's output needs (0: it is already a displacement field)."""
+    steps = getattr(model, "integration_steps", None)
+    return int(steps) if steps is not None else 0
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -401,6 +411,11 @@ class CoRXNet(nn.Module):
         use_flash_attention: MONAI's ``WindowAttention`` fast path (scaled_dot_product_attention) when
             autograd is off and the module is not scripted.
         in_channels: channels of the input tensor (>= 2 * num_streams).
+        integration_steps: 0 = the output is the displacement field; N > 0 = the output is a stationary velocity
+            field whose displacement is its scaling-and-squaring integral with N steps (diffeomorphic option,
+            :class:`scripts.inferers.FieldInferer`). Stored in the weights as the buffer ``integration_steps``, so a
+            checkpoint says how its output is read; the network itself never integrates (it stays a plain
+            tensor-to-tensor model for TorchScript, ONNX, TensorRT and Triton).
     """
 
     def __init__(
@@ -421,6 +436,7 @@ class CoRXNet(nn.Module):
         pad_mode: str = "replicate",
         use_flash_attention: bool = False,
         in_channels: int = 4,
+        integration_steps: int = 0,
     ) -> None:
         super().__init__()
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]
@@ -447,6 +463,8 @@ class CoRXNet(nn.Module):
             raise ValueError(f"in_channels must be >= {2 * num_streams} for {num_streams} stream(s)")
         if len(cross_stitch_init) != 2:
             raise ValueError("cross_stitch_init must be (diagonal, off_diagonal)")
+        if not 0 <= int(integration_steps) <= MAX_INTEGRATION_STEPS:
+            raise ValueError(f"integration_steps must be in [0, {MAX_INTEGRATION_STEPS}], got {integration_steps}")
 
         self.num_streams = num_streams
         self.in_channels = in_channels
@@ -513,6 +531,7 @@ class CoRXNet(nn.Module):
         n_heads = 1 if self.fusion_concat else num_streams
         head_in = reg_head_channels * (num_streams if self.fusion_concat else 1)
         self.heads = nn.ModuleList([_registration_head(head_in) for _ in range(n_heads)])
+        self.register_buffer("integration_steps", torch.tensor(int(integration_steps), dtype=torch.int64))
         #: number of cross-stitch units (0 without): len(depths) + len(depths) + 1 with them
         self.num_cross_stitch_units: int = sum(isinstance(m, CrossStitch) for m in self.modules())
 

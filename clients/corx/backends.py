@@ -22,7 +22,9 @@ BACKENDS = ("inprocess", "onnx", "http", "grpc")
 
 
 class Backend(Protocol):
-    """Runs CoRX-NET: (4, X, Y, Z) or (B, 4, X, Y, Z) float32 in [0, 1] -> field (3, ...) or (B, 3, ...)."""
+    """Runs CoRX-NET: (4, X, Y, Z) or (B, 4, X, Y, Z) float32 in [0, 1] -> displacement field (3, ...) or
+    (B, 3, ...) in voxels. A network that outputs a velocity field (``integration_steps`` > 0) is integrated by
+    the backend, so callers always get a displacement."""
 
     #: per-pair input shape the backend requires (4, X, Y, Z), or () when any size works
     input_shape: tuple[int, ...]
@@ -30,6 +32,30 @@ class Backend(Protocol):
     def infer(self, pair: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def displacement_from_output(output: np.ndarray, steps: int) -> np.ndarray:
+    """The network output as a displacement field: itself, or (``steps`` > 0) its scaling-and-squaring integral
+    (numpy twin of the bundle's ``DVF2DDF`` integration: ``corx_bundle.scripts.fieldops.integrate_velocity``)."""
+    out = np.asarray(output, dtype=np.float32)
+    if steps <= 0:
+        return out
+    from corx_bundle.scripts.fieldops import integrate_velocity
+
+    return integrate_velocity(out, steps)
+
+
+def parse_integration_steps(value: object, where: str) -> int:
+    """The ``integration_steps`` a served model declares (absent: 0); CorxError naming ``where`` otherwise."""
+    if value in (None, ""):
+        return 0
+    try:
+        steps = int(str(value))
+    except ValueError:
+        steps = -1
+    if not 0 <= steps <= 12:
+        raise CorxError(f"{where}: integration_steps must be an integer in [0, 12], got {value!r}")
+    return steps
 
 
 def _as_batch(pair: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -57,7 +83,8 @@ class TorchBackend:
         import torch
 
         from corx_bundle.scripts.export import load_network
-        from corx_bundle.scripts.network import to_channels_last
+        from corx_bundle.scripts.inferers import displacement_from_output as integrate
+        from corx_bundle.scripts.network import output_integration_steps, to_channels_last
 
         if checkpoint is None and not random_init:
             if not DEFAULT_CHECKPOINT.is_file():
@@ -71,6 +98,8 @@ class TorchBackend:
         self.precision = precision
         self.net = load_network(checkpoint, random_init=random_init, variant=variant, seed=seed,
                                 **overrides).to(self.device)
+        self.integration_steps = output_integration_steps(self.net)
+        self._integrate = integrate
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         if channels_last:
             to_channels_last(self.net)
@@ -86,7 +115,8 @@ class TorchBackend:
                     field = self.net(x)
             else:
                 field = self.net(x)
-        out = field.float().cpu().contiguous().numpy()
+            field = self._integrate(field.float().contiguous(), self.integration_steps)
+        out = field.cpu().contiguous().numpy()
         return out[0] if single else out
 
     def close(self) -> None:
@@ -109,6 +139,8 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.integration_steps = parse_integration_steps(meta.get("integration_steps"), str(path))
         self.input_shape = tuple(int(d) for d in inp.shape[1:]) if all(isinstance(d, int) for d in inp.shape[1:]) \
             else ()
 
@@ -117,6 +149,7 @@ class OnnxRuntimeBackend:
         if self.input_shape and tuple(batch.shape[1:]) != self.input_shape:
             raise CorxError(f"pair has shape {batch.shape[1:]}; the ONNX model expects {self.input_shape}")
         (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch)})
+        out = displacement_from_output(out, self.integration_steps)
         return out[0] if single else out
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import displacement_from_output, parse_integration_steps
 from .errors import CorxError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -66,6 +67,7 @@ class TritonBackend:
         self._shm: dict[str, tuple[Any, str, int]] = {}  # role -> (handle, region name, bytes)
         self.input_name = self.output_name = ""
         self.input_shape: tuple[int, ...] = ()
+        self.integration_steps = 0
         self.output_shape: tuple[int, ...] = ()
         self.max_batch_size = 0
 
@@ -135,6 +137,8 @@ class TritonBackend:
         self.input_shape = tuple(int(d) for d in inp["dims"])
         self.output_shape = tuple(int(d) for d in out["dims"])
         self.max_batch_size = int(config.get("max_batch_size", 0))
+        steps = config.get("parameters", {}).get("integration_steps", {}).get("string_value")
+        self.integration_steps = parse_integration_steps(steps, f"model '{self.model}' on {self.url}")
 
     def close(self) -> None:
         """Unregister and free the shared-memory regions, close the connection."""
@@ -249,7 +253,7 @@ class TritonBackend:
             try:
                 if self._client is None:
                     self.connect()
-                field = self._infer_once(batch)
+                field = displacement_from_output(self._infer_once(batch), self.integration_steps)
                 return field[0] if np.asarray(pair).ndim == len(self.input_shape) else field
             except CorxError:
                 raise
