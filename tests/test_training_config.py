@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,11 +46,12 @@ def test_cpu_overlay_keeps_each_variant_in_its_own_run_folder(variant_config: st
     ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
     assert ckpt_dir == BUNDLE / "runs" / f"cpu_{variant}" / "models"
     assert parser.get_parsed_content("train#dataset#_target_") == "PersistentDataset"
-    assert parser["train#inferer"]["_target_"] == "scripts.inferers.AutocastInferer"
+    assert parser["train#inferer"]["_target_"] == "scripts.inferers.FieldInferer"
+    assert parser.get_parsed_content("autocast_dtype") == "bfloat16"
 
 
-def test_autocast_inferer_returns_float32_close_to_fp32() -> None:
-    from corx_bundle.scripts.inferers import AutocastInferer
+def test_field_inferer_autocasts_and_returns_float32_close_to_fp32() -> None:
+    from corx_bundle.scripts.inferers import FieldInferer
     from corx_bundle.scripts.network import build_network
 
     torch.manual_seed(0)
@@ -59,14 +61,71 @@ def test_autocast_inferer_returns_float32_close_to_fp32() -> None:
             head.weight.normal_(0.0, 0.05)
         x = torch.rand(1, 4, 32, 32, 32)
         reference = net(x)
-        mixed = AutocastInferer("bfloat16")(x, net)
+        mixed = FieldInferer("bfloat16")(x, net)
+        plain = FieldInferer()(x, net)  # no dtype: full precision
     assert mixed.dtype == torch.float32
     assert mixed.shape == reference.shape
     scale = float(reference.abs().max())
     assert scale > 0
     assert float((mixed - reference).abs().max()) <= 0.05 * scale + 1e-6
+    assert torch.equal(plain, reference)
     with pytest.raises(ValueError, match="unknown autocast dtype"):
-        AutocastInferer("int8")
+        FieldInferer("int8")
+
+
+def test_true_field_validation_measures_the_error_in_mm(tmp_path: Path) -> None:
+    import nibabel as nib
+    from monai.data import MetaTensor
+
+    from corx_bundle.scripts.metrics import WarpedPairMetric
+    from corx_bundle.scripts.transforms import LoadTrueFieldd
+
+    spacing, shape = 3.87, (12, 10, 8)
+    affine = np.diag([spacing] * 3 + [1.0])
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 1, (*shape, 3)).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[2:10, 2:8, 2:6] = 1
+    labels[4:6, 4:6, 3:5] = 6  # kidney
+    nib.save(nib.Nifti1Image(truth, affine), str(tmp_path / "field.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / "labels.nii.gz"))
+    ref = MetaTensor(torch.zeros(1, *shape), affine=torch.as_tensor(affine))
+    item = {"fixed_spect": ref, "field_spect": str(tmp_path / "field.nii.gz"),
+            "labels_fixed": str(tmp_path / "labels.nii.gz")}
+    out = LoadTrueFieldd()(item)["truth"]
+    assert tuple(out.shape) == (4, *shape)
+    label = torch.cat([torch.rand(4, *shape), out.as_tensor()])[None]
+    pred = torch.from_numpy(np.moveaxis(truth, -1, 0).copy())[None]
+    pred[:, 0] += 1.0  # one voxel off along axis 0 everywhere
+    body = WarpedPairMetric("field_error_mm", spacing_mm=spacing)(pred, label)
+    kidney = WarpedPairMetric("kidney_field_error_mm", spacing_mm=spacing)(pred, label)
+    assert float(body) == pytest.approx(spacing, rel=1e-5) and float(kidney) == pytest.approx(spacing, rel=1e-5)
+    pred[:, 0] -= 1.0
+    assert float(WarpedPairMetric("field_error_mm", spacing_mm=spacing)(pred, label)) < 1e-5
+    with pytest.raises(ValueError, match="label channels 4-7"):
+        WarpedPairMetric("field_error_mm")(pred, label[:, :4])
+    shifted = MetaTensor(torch.zeros(1, *shape), affine=torch.as_tensor(affine @ np.diag([2.0, 1, 1, 1])))
+    with pytest.raises(ValueError, match="does not coincide"):
+        LoadTrueFieldd()({**item, "fixed_spect": shifted})
+    with pytest.raises(ValueError, match="has no truth"):
+        LoadTrueFieldd()({"fixed_spect": ref, "field_spect": None, "labels_fixed": None})
+
+
+def test_truth_validation_overlay_keeps_only_pairs_with_truth(tmp_path: Path) -> None:
+    import json
+
+    from corx_bundle.scripts.datalist import load_pairs
+
+    entries = [{"fixed_ct": "a", "moving_ct": "b", "fixed_spect": "c", "moving_spect": "d",
+                "field_spect": "f" if i % 2 else None, "labels_fixed": "l" if i % 2 else None} for i in range(5)]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"validation": entries}))
+    assert len(load_pairs(datalist, "validation")) == 5
+    assert len(load_pairs(datalist, "validation", require_truth=True)) == 2
+    parser = merged_config("train.json", "train_cpu.json", "validate_truth.json")
+    assert parser.get_parsed_content("val_require_truth") is True
+    metrics = parser["validate#additional_metrics"]
+    assert {"val_field_error_mm", "val_kidney_field_error_mm"} <= set(metrics)
 
 
 def test_refine_methods_are_named_and_parsed() -> None:
@@ -109,4 +168,5 @@ def test_publish_weights_half_loads_back_and_refuses_to_clobber(tmp_path: Path) 
     with pytest.raises(FileExistsError, match="--overwrite"):
         publish(src, dst)
     publish(src, dst, overwrite=True)
-    assert torch.load(dst, weights_only=True)[next(iter(stored))].dtype == torch.float32
+    first_float = next(k for k, v in stored.items() if v.is_floating_point())
+    assert torch.load(dst, weights_only=True)[first_float].dtype == torch.float32

@@ -13,10 +13,11 @@ IMAGE_KEYS = ("fixed_ct", "moving_ct", "fixed_spect", "moving_spect")
 
 
 def load_pairs(datalist: str | os.PathLike, split: str = "training", limit: int | None = None,
-               exclude_hours: float | None = None) -> list[dict[str, Any]]:
+               exclude_hours: float | None = None, require_truth: bool = False) -> list[dict[str, Any]]:
     """Return the ordered pairs of ``split`` with absolute paths (relative ones are resolved to the datalist).
 
-    ``limit`` keeps the first K pairs (quick runs); ``exclude_hours`` drops pairs that involve that time point.
+    ``limit`` keeps the first K pairs (quick runs); ``exclude_hours`` drops pairs that involve that time point;
+    ``require_truth`` keeps only pairs with a true field (fixed = the reference time point of a phantom).
     """
     path = Path(datalist)
     if not path.is_file():
@@ -31,6 +32,8 @@ def load_pairs(datalist: str | os.PathLike, split: str = "training", limit: int 
         if missing:
             raise ValueError(f"{path}: {split}[{i}] lacks {', '.join(missing)}")
         if exclude_hours is not None and exclude_hours in (item.get("fixed_hours"), item.get("moving_hours")):
+            continue
+        if require_truth and not (item.get("field_spect") and item.get("labels_fixed")):
             continue
         pair = dict(item)
         for key in PATH_KEYS:

@@ -11,7 +11,11 @@ from monai.networks.blocks import Warp
 from . import fieldops
 from .losses import FIXED_CT, FIXED_SPECT, MOVING_CT, MOVING_SPECT
 
-MEASURES = ("spect_lncc", "spect_ssim", "ct_l1", "ct_mse", "ct_ssim", "nonpositive_jacobian_pct")
+MEASURES = ("spect_lncc", "spect_ssim", "ct_l1", "ct_mse", "ct_ssim", "nonpositive_jacobian_pct",
+            "field_error_mm", "kidney_field_error_mm")
+TRUTH_CHANNELS = slice(4, 7)  # true SPECT field (voxels) after the 4 image channels, then the reference labels
+TRUTH_LABELS = 7
+KIDNEY_LABELS = (6, 7)
 
 
 def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
@@ -31,13 +35,17 @@ class WarpedPairMetric(CumulativeIterationMetric):
     ``measure`` is one of MEASURES. Similarities (LNCC, SSIM) are higher-is-better; L1/MSE and the
     percentage of non-positive Jacobian determinants are lower-is-better. Use with MONAI's
     ``IgniteMetricHandler`` and ``from_engine(['pred', 'label'])`` (label = the input pair).
+    ``field_error_mm`` / ``kidney_field_error_mm`` (phantom validation): mean |u_pred - u_true| in mm over the body
+    (labels > 0) / the kidneys, with the truth in label channels 4-7 (:class:`scripts.transforms.LoadTrueFieldd`)
+    on an isotropic grid of ``spacing_mm``.
     """
 
-    def __init__(self, measure: str = "spect_lncc", lncc_kernel: int = 9) -> None:
+    def __init__(self, measure: str = "spect_lncc", lncc_kernel: int = 9, spacing_mm: float = 3.87) -> None:
         super().__init__()
         if measure not in MEASURES:
             raise ValueError(f"unknown measure '{measure}' (choose from {', '.join(MEASURES)})")
         self.measure = measure
+        self.spacing_mm = float(spacing_mm)
         self.warp = Warp(mode="bilinear", padding_mode="border")
         self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=lncc_kernel,
                                                         kernel_type="rectangular", reduction="none")
@@ -49,6 +57,8 @@ class WarpedPairMetric(CumulativeIterationMetric):
             ddf, y = ddf[None], y[None]
         if self.measure == "nonpositive_jacobian_pct":
             return 100.0 * (jacobian_determinant(ddf) <= 0).float().mean(dim=(1, 2, 3))[:, None]
+        if self.measure.endswith("field_error_mm"):
+            return self._field_error(ddf, y)
         fixed_c, moving_c = (FIXED_SPECT, MOVING_SPECT) if self.measure.startswith("spect") else (FIXED_CT,
                                                                                                   MOVING_CT)
         fixed = y[:, fixed_c : fixed_c + 1].float()
@@ -60,6 +70,16 @@ class WarpedPairMetric(CumulativeIterationMetric):
         diff = warped - fixed
         values = diff.abs() if self.measure == "ct_l1" else diff**2
         return values.mean(dim=(1, 2, 3, 4))[:, None]
+
+    def _field_error(self, ddf: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.shape[1] <= TRUTH_LABELS:
+            raise ValueError(f"'{self.measure}' needs the truth in label channels 4-7 (LoadTrueFieldd), got "
+                             f"{y.shape[1]} channels")
+        labels = y[:, TRUTH_LABELS].round()
+        mask = labels > 0 if self.measure == "field_error_mm" else torch.isin(
+            labels, torch.tensor(KIDNEY_LABELS, dtype=labels.dtype, device=labels.device))
+        err = torch.linalg.vector_norm(ddf - y[:, TRUTH_CHANNELS].float(), dim=1) * self.spacing_mm
+        return ((err * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1))[:, None]
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         data = self.get_buffer()

@@ -6,6 +6,7 @@ from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 SPECT_NORMALISATIONS = ("minmax", "log")
@@ -68,4 +69,45 @@ class WarpWithFieldd(MapTransform):
             out = image.clone().float() if hasattr(image, "meta") else warped
             out.data = warped
             d[key] = out
+        return d
+
+
+class LoadTrueFieldd(MapTransform):
+    """Add the phantom's truth for a (reference -> moving) pair as ``name``: (4, X, Y, Z) float32 = the true SPECT
+    field (voxels, channels 0-2, docs/CONVENTIONS.md) and the reference labels (channel 3).
+
+    ``keys`` are the datalist's truth paths ``(field, labels)``. The truth lies on the reference SPECT grid, so it
+    is only usable where the preprocessed ``ref_key`` image lies on that very grid (the internal cohort: 128^3 at
+    3.87 mm, RAS); anything else is refused with the file named, rather than compared on mismatched grids.
+    """
+
+    def __init__(self, keys: KeysCollection = ("field_spect", "labels_fixed"), ref_key: str = "fixed_spect",
+                 name: str = "truth", atol_mm: float = 1e-3) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 2:
+            raise ValueError("LoadTrueFieldd needs two keys: the true field and the reference labels")
+        self.ref_key, self.name, self.atol_mm = ref_key, name, atol_mm
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        import nibabel as nib
+        import numpy as np
+
+        d = dict(data)
+        field_key, labels_key = self.keys
+        missing = [k for k in self.keys if not d.get(k)]
+        if missing:
+            raise ValueError(f"{d.get(self.ref_key, '?')}: pair has no truth ({', '.join(map(str, missing))}); "
+                             "true-field validation needs pairs whose fixed image is the reference time point")
+        ref = d[self.ref_key]
+        ref_affine = np.asarray(ref.meta["affine"], dtype=np.float64)
+        ref_shape = tuple(ref.shape[1:])
+        field_img, labels_img = nib.load(str(d[field_key])), nib.load(str(d[labels_key]))
+        for path, img in ((d[field_key], field_img), (d[labels_key], labels_img)):
+            if tuple(img.shape[:3]) != ref_shape or not np.allclose(img.affine, ref_affine, atol=self.atol_mm):
+                raise ValueError(f"{path}: truth grid {tuple(img.shape[:3])} does not coincide with the network "
+                                 f"grid {ref_shape} (true-field validation needs the internal cohort's grid)")
+        field = np.asarray(field_img.dataobj, dtype=np.float32).reshape(*ref_shape, 3)
+        labels = np.asarray(labels_img.dataobj, dtype=np.float32)
+        truth = torch.from_numpy(np.concatenate([np.moveaxis(field, -1, 0), labels[None]]))
+        d[self.name] = MetaTensor(truth, affine=ref.affine)  # same type as the images, for ConcatItemsd
         return d
