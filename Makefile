@@ -6,7 +6,10 @@ EXTRAS ?= net,serve,baselines,dicom,dev
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test lint bench clean
+GPU_OUT ?= gpu_out
+GPU_WHEELS := monai==1.6.1 nibabel==5.4.2 pytorch-ignite==0.5.5
+
+.PHONY: install demo test lint bench clean gpu-wheels train-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# The GPU machine has torch only: fetch the pure-Python wheels it also needs into .whl/ (carried by the device tool).
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
+# One call on a GPU machine (see bundle/scripts/train_gpu.py): phantom, training for MINUTES, weights in pieces.
+MINUTES ?= 9
+VARIANTS ?= corx
+train-gpu:
+	OUT=$${OUT:-$(GPU_OUT)} bash bundle/scripts/train_gpu.sh --minutes $(MINUTES) --variants $(VARIANTS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

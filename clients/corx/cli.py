@@ -18,7 +18,7 @@ class Commands:
     """
 
     def phantom(self, out: str, cohort: str = "internal", patients: int = 4, seed: int = 0,
-                protocol: str | None = None, downsample: int = 1, overwrite: bool = False) -> None:
+                protocol: str | None = None, downsample: int = 1, overwrite: bool = False, workers: int = 1) -> None:
         """Generate a synthetic serial SPECT/CT cohort with ground truth into OUT.
 
         Args:
@@ -30,11 +30,12 @@ class Commands:
             protocol: 'paper' reproduces the paper's set and pair counts (internal 22 sets, external 14).
             downsample: divide the matrices by this factor (same field of view) for quick runs.
             overwrite: replace existing patient folders.
+            workers: patients generated at once, in separate processes (the same images as one at a time).
         """
         from corx_bundle.scripts.phantom import run_phantom
 
         run_phantom(out, cohort=cohort, patients=patients, seed=seed, protocol=protocol,
-                    downsample=downsample, overwrite=overwrite)
+                    downsample=downsample, overwrite=overwrite, workers=workers)
 
     def montage(self, manifest: str, out: str, overwrite: bool = False) -> None:
         """Write a PNG montage (coronal CT, SPECT and fused, one column per time point) of a patient."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,13 +254,25 @@ def _build_patient(folder: Path, spec: CohortSpec, index: int, seed: int, ds: in
 
 
 def generate_cohort(out_dir: str | Path, cohort: str = "internal", patients: int = 4, seed: int = 0,
-                    protocol: str | None = None, downsample: int = 1, overwrite: bool = False) -> Path:
-    """Generate a cohort into OUT (patient folders, cohort.json, datalist.json) and return OUT."""
-    return _run_cohort(out_dir, cohort, patients, seed, protocol, downsample, overwrite)[0]
+                    protocol: str | None = None, downsample: int = 1, overwrite: bool = False,
+                    workers: int = 1) -> Path:
+    """Generate a cohort into OUT (patient folders, cohort.json, datalist.json) and return OUT.
+
+    ``workers`` > 1 builds that many patients at once in separate processes (same images: every patient has its
+    own seed).
+    """
+    return _run_cohort(out_dir, cohort, patients, seed, protocol, downsample, overwrite, workers)[0]
+
+
+def _timed_patient(out: Path, cohort: str, index: int, seed: int, ds: int, n_timepoints: int,
+                   overwrite: bool) -> float:
+    t0 = time.perf_counter()
+    generate_patient(out, cohort, index, seed, ds, n_timepoints, overwrite=overwrite)
+    return time.perf_counter() - t0
 
 
 def _run_cohort(out_dir: str | Path, cohort: str, patients: int, seed: int, protocol: str | None,
-                downsample: int, overwrite: bool) -> tuple[Path, dict[str, Any]]:
+                downsample: int, overwrite: bool, workers: int = 1) -> tuple[Path, dict[str, Any]]:
     spec = get_cohort(cohort)
     ds = check_downsample(downsample)
     plans = plan_cohort(cohort, patients, seed, protocol)
@@ -272,12 +285,15 @@ def _run_cohort(out_dir: str | Path, cohort: str, patients: int, seed: int, prot
         if taken:
             raise FileExistsError(f"{out}: already contains {', '.join(taken[:5])}"
                                   f"{' ...' if len(taken) > 5 else ''} (use overwrite=True or --overwrite to replace)")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     out.mkdir(parents=True, exist_ok=True)
-    seconds = []
-    for plan in plans:
-        t0 = time.perf_counter()
-        generate_patient(out, cohort, plan.index, seed, ds, len(plan.timepoints), overwrite=overwrite)
-        seconds.append(time.perf_counter() - t0)
+    jobs = [(out, cohort, p.index, seed, ds, len(p.timepoints), overwrite) for p in plans]
+    if workers == 1:
+        seconds = [_timed_patient(*job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            seconds = list(pool.map(_timed_patient, *zip(*jobs, strict=True)))
     datalist = build_datalist(cohort, plans)
     summary = {
         "cohort": spec.name, "seed": seed, "patients": len(plans), "protocol": protocol, "downsample": ds,
@@ -293,10 +309,10 @@ def _run_cohort(out_dir: str | Path, cohort: str, patients: int, seed: int, prot
 
 
 def run_phantom(out: str | Path, cohort: str = "internal", patients: int = 4, seed: int = 0,
-                protocol: str | None = None, downsample: int = 1, overwrite: bool = False) -> Path:
+                protocol: str | None = None, downsample: int = 1, overwrite: bool = False, workers: int = 1) -> Path:
     """CLI entry (`corx phantom`): generate the cohort and print a short summary."""
     t0 = time.perf_counter()
-    path, s = _run_cohort(out, cohort, patients, seed, protocol, downsample, overwrite)
+    path, s = _run_cohort(out, cohort, patients, seed, protocol, downsample, overwrite, workers)
     n3 = sum(len(p["timepoints"]) < len(get_cohort(cohort).timepoints) for p in s["patient_list"])
     print(f"phantom {s['cohort']}: {s['patients']} patients ({n3} with a missing time point) -> {path}")
     print(f"pairs: {s['pairs']['training']} training / {s['pairs']['validation']} validation "
