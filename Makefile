@@ -9,7 +9,7 @@ DEMO_OUT ?= demo_out
 GPU_OUT ?= gpu_out
 GPU_WHEELS := monai==1.6.1 nibabel==5.4.2 pytorch-ignite==0.5.5
 
-.PHONY: install demo test lint bench clean gpu-wheels train-gpu
+.PHONY: install weights demo test lint bench clean gpu-wheels train-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +23,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Weights kept in git history, not in the working tree (bundle/weights_history.json); checked by sha256.
+weights: $(STAMP)
+	$(BIN)/python -m corx_bundle.scripts.restore_weights
+
 demo: $(STAMP)
 	$(BIN)/corx demo --out $(DEMO_OUT) --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+test: weights
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: weights
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 # The GPU machine has torch only: fetch the pure-Python wheels it also needs into .whl/ (carried by the device tool).

@@ -55,7 +55,7 @@ def test_field_inferer_autocasts_and_returns_float32_close_to_fp32() -> None:
     from corx_bundle.scripts.network import build_network
 
     torch.manual_seed(0)
-    net = build_network("corx", embed_dim=12).eval()
+    net = build_network("corx", embed_dim=24)  # its largest tensors have >= SMALL_TENSOR elements.eval()
     with torch.no_grad():
         for head in net.heads:  # a field of about a voxel, as a trained network gives (init: ~1e-4)
             head.weight.normal_(0.0, 0.05)
@@ -143,21 +143,23 @@ def test_refine_methods_are_named_and_parsed() -> None:
         make_methods(["corx+refineX"])
 
 
-def test_publish_weights_half_loads_back_and_refuses_to_clobber(tmp_path: Path) -> None:
+def test_publish_weights_stores_float16_loads_back_and_refuses_to_clobber(tmp_path: Path) -> None:
     from corx_bundle.scripts.export import load_network
     from corx_bundle.scripts.network import build_network
-    from corx_bundle.scripts.publish_weights import publish
+    from corx_bundle.scripts.publish_weights import SMALL_TENSOR, publish
 
     torch.manual_seed(1)
-    net = build_network("corx", embed_dim=12)
+    net = build_network("corx", embed_dim=24)  # its largest tensors have >= SMALL_TENSOR elements
     src = tmp_path / "checkpoint.pt"
     torch.save({"model": net.state_dict()}, src)  # the layout MONAI/Ignite savers write
     dst = tmp_path / "models" / "model.pt"
-    size, digest = publish(src, dst, half=True)
+    size, digest = publish(src, dst)  # float16 by default
     assert size == dst.stat().st_size and len(digest) == 64
     stored = torch.load(dst, weights_only=True)
-    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
-    loaded = load_network(dst, variant="corx", embed_dim=12)
+    floats = {k: v for k, v in stored.items() if v.is_floating_point()}
+    assert {v.dtype for v in floats.values() if v.numel() >= SMALL_TENSOR} == {torch.float16}
+    assert {v.dtype for v in floats.values() if v.numel() < SMALL_TENSOR} == {torch.float32}
+    loaded = load_network(dst, variant="corx", embed_dim=24)
     for key, value in net.state_dict().items():
         restored = loaded.state_dict()[key]
         assert restored.dtype == value.dtype, key  # float16 is cast back to the network's float32
@@ -167,6 +169,6 @@ def test_publish_weights_half_loads_back_and_refuses_to_clobber(tmp_path: Path) 
             assert torch.equal(restored, value), key
     with pytest.raises(FileExistsError, match="--overwrite"):
         publish(src, dst)
-    publish(src, dst, overwrite=True)
+    publish(src, dst, half=False, overwrite=True)
     first_float = next(k for k, v in stored.items() if v.is_floating_point())
     assert torch.load(dst, weights_only=True)[first_float].dtype == torch.float32

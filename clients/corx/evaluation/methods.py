@@ -5,7 +5,8 @@
 - ``elastix-spect``: Elastix multi-metric on CT and SPECT (not in the paper);
 - ``transmorph``, ``corx-nocs``, ``corx``: the bundle's networks (in-process PyTorch). Weights are read from
   bundle/models/transmorph/model.pt, bundle/models/corx_nocs/model.pt and bundle/models/model.pt; when a file is
-  missing the network runs with freshly initialised weights (seeded) and is reported as "untrained";
+  missing the network runs with freshly initialised weights (seeded), is reported as "untrained" and a warning
+  says so (TransMorph's file is kept in git history: ``make weights`` restores it);
 - ``<network>+refine<N>`` (e.g. ``corx+refine50``): the network's field, then N Adam steps of the hybrid loss on
   the pair (test-time instance optimisation, :func:`corx.pipeline.refine.refine_field`, as ``--refine N``);
 - ``oracle`` (Python API only, tests): the phantom's true SPECT field, for reference pairs.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -107,6 +109,9 @@ class NetworkMethod:
         self.variant = NETWORK_VARIANTS[name]
         self.weights = Path(weights) if weights is not None else WEIGHTS[name]
         self.status = "trained" if self.weights.is_file() else "untrained"
+        if self.status == "untrained":
+            warnings.warn(f"{self.weights}: no weights; {name} runs freshly initialised (reported as untrained). "
+                          "`make weights` restores the shipped weights kept in git history", stacklevel=2)
         self.seed = int(seed)
         self.threads = threads
         self._backend: Any = None
