@@ -35,6 +35,7 @@ lint: $(STAMP)
 
 test: weights
 	$(BIN)/ruff check .
+	BUILD_PYTHON=$(BIN)/python PYTHON=$(PYTHON) bash tests/wheel_check.sh
 	$(BIN)/python -m pytest -q
 
 bench: weights

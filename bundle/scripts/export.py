@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .locations import TRITON_TEMPLATE, default_triton_repo, triton_template_dir
 from .network import build_network, output_integration_steps
 
-REPO_DEFAULT = Path(__file__).resolve().parents[2] / "triton_repo"
+REPO_DEFAULT = default_triton_repo()
 MODEL_NAME = "corxnet"
 TRT_MODEL_NAME = "corxnet_trt"
 TS_MODEL_NAME = "corxnet_ts"
@@ -329,7 +330,7 @@ def write_repository(repo: Path, spatial: Sequence[int], max_batch: int = 4, **c
             written.append(target)
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
     model_py = repo / MODEL_NAME / "1" / "model.py"
-    source = REPO_DEFAULT / MODEL_NAME / "1" / "model.py"
+    source = triton_template_dir() / TRITON_TEMPLATE
     if model_py.resolve() != source.resolve():
         shutil.copyfile(source, model_py)
         written.append(model_py)

@@ -14,10 +14,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from corx_bundle.scripts.locations import default_checkpoint
+
 from .errors import CorxError
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[2] / "bundle"
-DEFAULT_CHECKPOINT = BUNDLE_ROOT / "models" / "model.pt"
+DEFAULT_CHECKPOINT = default_checkpoint()
 BACKENDS = ("inprocess", "onnx", "http", "grpc")
 
 
@@ -80,7 +81,12 @@ class TorchBackend:
                  seed: int = 0, channels_last: bool = True, **overrides: Any) -> None:
         if precision not in ("fp32", "bf16"):
             raise CorxError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        import torch
+        try:
+            import torch
+        except ModuleNotFoundError as err:
+            raise CorxError("in-process CoRX-NET needs PyTorch, which this installation lacks: "
+                            "pip install 'corx[net]', or register through a Triton server (--server HOST:PORT), "
+                            "or --method identity") from err
 
         from corx_bundle.scripts.export import load_network
         from corx_bundle.scripts.inferers import displacement_from_output as integrate

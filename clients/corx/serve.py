@@ -28,10 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from corx_bundle.scripts.locations import default_triton_repo
+
 from .errors import CorxError
 
 MODEL_NAME = "corxnet"
-REPO_DEFAULT = Path(__file__).resolve().parents[2] / "triton_repo"
+REPO_DEFAULT = default_triton_repo()
 SHM_DEFAULT_BYTES = 128 * 1024 * 1024  # one batch of four 32 MiB pairs and their fields fits without growing
 SHM_GROWTH_BYTES = 64 * 1024 * 1024
 

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from corx_bundle.scripts.locations import bundle_root
+
 from ..errors import CorxError
 from ..preprocess import PreparedPair
 from .cache import file_digest
@@ -33,7 +35,7 @@ from .elastix import ElastixSettings, elastix_field
 from .ground_truth import resample_field
 from .metrics import NETWORK_VARIANTS, parameter_count
 
-BUNDLE_MODELS = Path(__file__).resolve().parents[3] / "bundle" / "models"
+BUNDLE_MODELS = bundle_root() / "models"
 METHOD_NAMES = ("identity", "elastix", "elastix-spect", "transmorph", "corx-nocs", "corx")
 WEIGHTS: dict[str, Path] = {"corx": BUNDLE_MODELS / "model.pt",
                             "corx-nocs": BUNDLE_MODELS / "corx_nocs" / "model.pt",
