@@ -317,8 +317,11 @@ def test_refuses_to_write_over_its_inputs(internal: Path, tmp_path: Path) -> Non
                      quiet=True)
 
 
+@pytest.mark.parametrize("error", [ValueError, RuntimeError])
 def test_a_failure_mid_run_publishes_nothing_and_names_step_and_file(internal: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     error: type[Exception]) -> None:
+    """Bad input (ValueError) becomes a one-line CorxError naming step and file; a bug (RuntimeError) keeps its
+    type and traceback, with a note naming the step. Either way nothing is published."""
     out = tmp_path / "out"
     run_pipeline(internal / "patient.json", out, method="identity", progress=False, quiet=True)
     earlier = _checksums(out)
@@ -330,19 +333,26 @@ def test_a_failure_mid_run_publishes_nothing_and_names_step_and_file(internal: P
         def register(self, *args: object) -> GridField:
             Broken.calls += 1
             if Broken.calls == 2:
-                raise RuntimeError("simulated crash")
+                raise error("simulated failure")
             ref = _ref_spect(internal)
             return GridField(np.zeros((3, *ref.shape), np.float32), ref.affine)
 
-    with pytest.raises(CorxError) as info:
-        run_pipeline(internal / "patient.json", out, method=Broken(), overwrite=True, progress=False, quiet=True)
-    message = str(info.value)
     last = _moving_ids(internal)[1]
-    assert f"step 'register {last}' failed" in message and f"spect_{last}.nii.gz" in message
-    assert "simulated crash" in message and "no results were published" in message
+    with pytest.raises(CorxError if error is ValueError else error) as info:
+        run_pipeline(internal / "patient.json", out, method=Broken(), overwrite=True, progress=False, quiet=True)
+    if error is ValueError:
+        message = str(info.value)
+        assert f"step 'register {last}' failed" in message and f"spect_{last}.nii.gz" in message
+        assert "simulated failure" in message and "no results were published" in message
+    else:
+        assert not isinstance(info.value, CorxError) and str(info.value) == "simulated failure"
+        notes = getattr(info.value, "__notes__", [f"in step 'register {last}'"])
+        assert any(f"in step 'register {last}'" in note for note in notes)
     assert _checksums(out) == earlier  # the earlier complete results are untouched
     assert not list(out.glob(".partial-*"))
 
+
+def test_a_failed_write_publishes_nothing(internal: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import corx.pipeline.staging as staging
 
     def broken_save(*args: object, **kwargs: object) -> None:

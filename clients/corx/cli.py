@@ -5,10 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import CorxError
-
-# errors that mean "bad input" rather than "bug": printed as one line, exit code 2
-USER_ERRORS = (CorxError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+from .errors import USER_ERRORS
 
 
 class Commands:

@@ -6,18 +6,13 @@ Phys Med Biol 45 (2000) 459 (HU to mass density, piecewise linear; table copied 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-#: 177Lu half-life, ICRP 107: 6.647 d.
-LU177_HALF_LIFE_H: float = 6.647 * 24.0
-#: Physical decay constant (1/h), ln 2 / T_1/2 = 4.345e-3 /h.
-LU177_LAMBDA_PER_H: float = math.log(2.0) / LU177_HALF_LIFE_H
-#: Mean energy emitted as electrons (beta, internal conversion, Auger) per decay, MeV (ICRP 107).
-LU177_ELECTRON_MEV: float = 0.14792
-#: Mean energy emitted as photons per decay, MeV (ICRP 107); not deposited locally.
-LU177_PHOTON_MEV: float = 0.03510
+# 177Lu half-life, decay constant and mean energies per decay (ICRP 107), defined once in the bundle
+from corx_bundle.scripts.radionuclide import LU177_ELECTRON_MEV as LU177_ELECTRON_MEV
+from corx_bundle.scripts.radionuclide import LU177_HALF_LIFE_H as LU177_HALF_LIFE_H
+from corx_bundle.scripts.radionuclide import LU177_LAMBDA_PER_H as LU177_LAMBDA_PER_H
+from corx_bundle.scripts.radionuclide import LU177_PHOTON_MEV as LU177_PHOTON_MEV
 
 _J_PER_MEV = 1.602176634e-13
 #: Local energy deposition: D [Gy] = DOSE_GY_G_PER_MBQH * TIA [MBq h] / m [g]  (= 0.08532).

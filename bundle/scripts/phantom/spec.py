@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..radionuclide import LU177_LAMBDA_PER_H
 
 # ---- labels (docs/CONVENTIONS.md) -------------------------------------------------------------------------
 LABELS: dict[str, int] = {
@@ -26,9 +27,8 @@ LABEL_NAMES: dict[int, str] = {v: k for k, v in LABELS.items()}
 LABEL_NAMES.update({TUMOUR_LABEL_BASE + k: f"tumour_{k + 1}" for k in range(MAX_TUMOURS)})
 KIDNEY_LABELS = (LABELS["kidney_cortex"], LABELS["kidney_medulla"])
 
-# ---- 177Lu (docs/FACTS.md) ---------------------------------------------------------------------------------
-LU177_HALF_LIFE_H = 159.53
-LAMBDA_PHYS = math.log(2.0) / LU177_HALF_LIFE_H  # 1/h
+# ---- 177Lu (ICRP 107, defined once in scripts/radionuclide.py) ---------------------------------------------
+LAMBDA_PHYS = LU177_LAMBDA_PER_H  # 1/h
 
 # ---- storage -------------------------------------------------------------------------------------------------
 FIELD_SCALE = 0.001  # true fields are stored as int16 with NIfTI scl_slope = 0.001 voxel (range +-32.7 voxels)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import CorxError
+from ..errors import USER_ERRORS, CorxError
 
 
 class StepError(CorxError):
@@ -30,7 +30,8 @@ class Steps:
 
     @contextlib.contextmanager
     def step(self, name: str, file: object = None) -> Iterator[None]:
-        """Time the block as step ``name``; any error is re-raised as StepError naming the step and ``file``."""
+        """Time the block as step ``name``. Bad input (:data:`USER_ERRORS`) is re-raised as StepError naming the
+        step and ``file``; anything else is a bug: it propagates unchanged, with a note naming the step."""
         self.current = name
         if self._bar is not None:
             self._bar.set_description_str(name[:32])
@@ -41,10 +42,14 @@ class Steps:
             raise
         except StepError:
             raise
-        except Exception as exc:
+        except USER_ERRORS as exc:
             where = f" ({file})" if file is not None else ""
             detail = str(exc) if isinstance(exc, CorxError) else f"{type(exc).__name__}: {exc}"
             raise StepError(f"step '{name}' failed{where}: {detail}") from exc
+        except Exception as exc:
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"corx pipeline: in step '{name}'" + (f" ({file})" if file is not None else ""))
+            raise
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
         if self._bar is not None:
