@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-VALIDATION_TAGS = ("val_spect_lncc", "val_spect_ssim", "val_ct_l1", "val_nonpositive_jacobian_pct")
+VALIDATION_TAGS = ("val_spect_lncc", "val_spect_ssim", "val_ct_l1", "val_nonpositive_jacobian_pct",
+                   "val_field_error_mm", "val_kidney_field_error_mm")  # the last two: phantom truth (validate_truth)
+PANELS_PER_ROW = 4
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -50,7 +52,12 @@ def plot_runs(runs: list[Path], out: Path, smooth: int = 50) -> dict[str, dict[s
     import matplotlib.pyplot as plt
 
     data = {run.name: read_scalars(run) for run in runs}
-    fig, axes = plt.subplots(1, 1 + len(VALIDATION_TAGS), figsize=(4.2 * (1 + len(VALIDATION_TAGS)), 3.6))
+    rows = -(-(1 + len(VALIDATION_TAGS)) // PANELS_PER_ROW)
+    fig, grid = plt.subplots(rows, PANELS_PER_ROW, figsize=(4.2 * PANELS_PER_ROW, 3.6 * rows), squeeze=False)
+    axes = list(grid.ravel())
+    for unused in axes[1 + len(VALIDATION_TAGS):]:
+        unused.set_axis_off()
+    axes = axes[:1 + len(VALIDATION_TAGS)]
     for name, series in data.items():
         if "train_loss" in series:
             steps, values = (np.array(v) for v in zip(*series["train_loss"], strict=True))
