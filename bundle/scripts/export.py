@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .locations import TRITON_TEMPLATE, default_triton_repo, triton_template_dir
 from .network import build_network, output_integration_steps
 
@@ -109,24 +109,18 @@ def _example(spatial: Sequence[int], batch: int = 1, seed: int = 1) -> torch.Ten
     return torch.rand((batch, 4, *spatial), generator=torch.Generator().manual_seed(seed))
 
 
-def _atomic_target(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target.with_name(f".{target.name}.tmp")
-
-
 def export_onnx(net: torch.nn.Module, target: Path, spatial: Sequence[int], check_batch: int = 2,
                 threads: int = 0) -> float:
     """Trace ``net`` to ONNX (opset 17, dynamic batch axis), check it in ONNX Runtime; returns max abs diff."""
     import onnx
     import onnxruntime as ort
 
-    tmp = _atomic_target(target)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings: spatial sizes are frozen, as intended
-        torch.onnx.export(net, (_example(spatial),), str(tmp), opset_version=OPSET, dynamo=False,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    try:
+    with atomic_path(target) as tmp:  # kept only when the check below passes
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings: spatial sizes are frozen, as intended
+            torch.onnx.export(net, (_example(spatial),), str(tmp), opset_version=OPSET, dynamo=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         model = onnx.load(str(tmp))
         onnx.helper.set_model_props(model, {STEPS_PARAMETER: str(output_integration_steps(net))})
         onnx.save(model, str(tmp))
@@ -142,29 +136,22 @@ def export_onnx(net: torch.nn.Module, target: Path, spatial: Sequence[int], chec
         if not np.isfinite(diff) or diff > ONNX_TOLERANCE:
             raise ExportError(f"{target}: ONNX Runtime differs from PyTorch by {diff:.3g} voxels "
                               f"(> {ONNX_TOLERANCE}); the export is not kept")
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return diff
 
 
 def export_torchscript(net: torch.nn.Module, target: Path, spatial: Sequence[int]) -> float:
     """``torch.jit.script`` the network (sizes stay dynamic), reload and check it; returns max abs diff."""
-    tmp = _atomic_target(target)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the libtorch backend's format
-        scripted = torch.jit.script(net)
-        scripted.save(str(tmp))
-        loaded = torch.jit.load(str(tmp))
-    try:
+    with atomic_path(target) as tmp:  # kept only when the check below passes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but the libtorch backend's format
+            scripted = torch.jit.script(net)
+            scripted.save(str(tmp))
+            loaded = torch.jit.load(str(tmp))
         x = _example(spatial)
         with torch.no_grad():
             diff = float((loaded(x) - net(x)).abs().max())
         if not np.isfinite(diff) or diff > 1e-4:
             raise ExportError(f"{target}: TorchScript differs from eager by {diff:.3g} voxels")
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return diff
 
 
@@ -210,9 +197,8 @@ def build_tensorrt_engine(onnx_path: Path, target: Path, spatial: Sequence[int],
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
-    tmp = _atomic_target(target)
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(bytes(serialized))
     return _check_tensorrt(target, onnx_path, spatial)
 
 
@@ -324,9 +310,8 @@ def write_repository(repo: Path, spatial: Sequence[int], max_batch: int = 4, **c
     for name, text in render_configs(spatial, max_batch, **config_kw).items():
         target = repo / name / "config.pbtxt"
         if not target.is_file() or target.read_text() != text:
-            tmp = _atomic_target(target)
-            tmp.write_text(text)
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                tmp.write_text(text)
             written.append(target)
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
     model_py = repo / MODEL_NAME / "1" / "model.py"
@@ -382,8 +367,6 @@ def export_repository(repo: str | Path = REPO_DEFAULT, checkpoint: str | Path | 
 def save_checkpoint(net: torch.nn.Module, target: str | Path) -> Path:
     """Write ``{"model": state_dict}`` (the layout the bundle's CheckpointLoader reads) atomically."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
-        torch.save({"model": net.state_dict()}, handle.name)
-    Path(handle.name).replace(target)
+    with atomic_path(target) as tmp:
+        torch.save({"model": net.state_dict()}, tmp)
     return target

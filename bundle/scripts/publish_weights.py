@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .export import _state_dict
 
 SMALL_TENSOR = 65536  # tensors with fewer elements stay float32 when storing half precision
@@ -38,10 +38,8 @@ def publish(src: Path, dst: Path, half: bool = True, overwrite: bool = False) ->
         raise FileExistsError(f"{dst}: exists (pass --overwrite to replace it)")
     state = _state_dict(torch.load(src, map_location="cpu", weights_only=True), src)
     state = {k: v.to(storage_dtype(v, half)) for k, v in state.items()}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        torch.save(state, tmp)
     data = dst.read_bytes()
     return len(data), hashlib.sha256(data).hexdigest()
 

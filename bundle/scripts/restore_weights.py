@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from .atomic import atomic_path
 
 BUNDLE = Path(__file__).resolve().parents[1]
 HISTORY = BUNDLE / "weights_history.json"
@@ -66,10 +67,8 @@ def restore(rel_path: str, commit: str, bundle: Path = BUNDLE) -> str:
                            f"(a shallow clone? fetch the full history): {blob.stderr.decode().strip()}")
     if hashlib.sha256(blob.stdout).hexdigest() != expected:
         raise RestoreError(f"{target}: the file at commit {commit[:12]} does not match large_files.yml's sha256")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(blob.stdout)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(blob.stdout)
     return f"{target}: restored from commit {commit[:12]} ({len(blob.stdout) / 2**20:.1f} MiB)"
 
 

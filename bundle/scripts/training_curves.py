@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
+
 VALIDATION_TAGS = ("val_spect_lncc", "val_spect_ssim", "val_ct_l1", "val_nonpositive_jacobian_pct",
                    "val_field_error_mm", "val_kidney_field_error_mm")  # the last two: phantom truth (validate_truth)
 PANELS_PER_ROW = 4
@@ -75,11 +77,9 @@ def plot_runs(runs: list[Path], out: Path, smooth: int = 50) -> dict[str, dict[s
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(out)
     return data
 
 

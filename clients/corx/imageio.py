@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from corx_bundle.scripts.atomic import atomic_path as bundle_atomic_path
 
 from .errors import CorxError
 
@@ -51,26 +52,8 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     target = Path(target)
     if target.exists() and not overwrite:
         raise CorxError(f"{target}: already exists (use --overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}-", suffix=f".tmp{suffix}",
-                                    dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with bundle_atomic_path(target) as tmp:
         yield tmp
-        if tmp.exists():  # mkstemp makes 0600 files: give results the usual permissions
-            os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_image(data: np.ndarray, affine: np.ndarray, target: str | os.PathLike, overwrite: bool = False,

@@ -15,6 +15,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ..atomic import atomic_path
 from .spec import FIELD_SCALE
 
 
@@ -38,10 +39,9 @@ def field_image(field: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """JSON via a temporary file in the same folder and os.replace."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    """JSON, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 class AsyncSaver:

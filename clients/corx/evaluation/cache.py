@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..imageio import atomic_path
 
 FIELD_STEP = 1e-3  # voxels
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -57,17 +58,9 @@ def quantise(field: np.ndarray) -> np.ndarray:
     return (np.rint(u / FIELD_STEP).astype(np.int16).astype(np.float32) * np.float32(FIELD_STEP))
 
 
-def _atomic_write(target: Path, write: Any, suffix: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _atomic_write(target: Path, write: Any) -> None:
+    with atomic_path(target, overwrite=True) as tmp:
+        write(tmp)
 
 
 class ResultCache:
@@ -109,7 +102,7 @@ class ResultCache:
             with tmp.open("wb") as fh:
                 np.savez_compressed(fh, **arrays)
 
-        _atomic_write(self._path(method, key, "field.npz"), write, ".tmp.npz")
+        _atomic_write(self._path(method, key, "field.npz"), write)
         return quantise(u)
 
     def load_json(self, method: str, key: str, kind: str) -> dict[str, Any] | None:
@@ -123,4 +116,4 @@ class ResultCache:
 
     def save_json(self, method: str, key: str, kind: str, record: dict[str, Any]) -> None:
         text = json.dumps(record, indent=1, default=float, allow_nan=True)
-        _atomic_write(self._path(method, key, f"{kind}.json"), lambda tmp: tmp.write_text(text), ".tmp.json")
+        _atomic_write(self._path(method, key, f"{kind}.json"), lambda tmp: tmp.write_text(text))

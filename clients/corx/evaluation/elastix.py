@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from ..errors import CorxError
 from ..preprocess import PreparedPair, PreprocessConfig, preprocess_pair
@@ -130,7 +131,7 @@ def _itk() -> Any:
 def lps_geometry(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(spacing, direction, origin) in ITK's LPS space of a NIfTI (RAS) voxel -> world affine."""
     a = np.asarray(affine, dtype=np.float64)
-    spacing = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_sizes(a)
     direction = LPS_FLIP @ (a[:3, :3] / spacing)
     origin = LPS_FLIP @ a[:3, 3]
     return spacing, direction, origin

@@ -24,6 +24,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 CT_WINDOW_HU = (-350.0, 450.0)
 RULE_COLOURS = ("#000000", "#2c7bb6", "#fdae61", "#d7191c", "#abd9e9")
@@ -63,7 +64,7 @@ class Display:
         self.shape = tuple(int(s) for s in shape[:3])
         self.ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
                                                     nib.orientations.axcodes2ornt("RAS"))
-        spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+        spacing = voxel_sizes(affine)
         self.spacing = spacing[self.ornt[:, 0].astype(int).argsort()]  # per RAS output axis
 
     def vol(self, arr: np.ndarray) -> np.ndarray:

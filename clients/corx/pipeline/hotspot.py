@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from ..errors import CorxError
@@ -20,14 +21,10 @@ DOG_SIGMAS_MM = (6.0, 18.0)
 PELVIS_FRACTION = 0.35
 
 
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
-
-
 def hot_spot(spect: np.ndarray, affine: np.ndarray,
              labels: np.ndarray | None = None) -> tuple[tuple[int, int, int], str]:
     """(voxel index, how it was found) of the hottest tumour-like spot of ``spect``."""
-    spacing = _spacing(affine)
+    spacing = voxel_sizes(affine)
     if labels is not None and labels.shape == spect.shape and np.any(labels >= FIRST_TUMOUR_LABEL):
         smooth = ndimage.gaussian_filter(spect.astype(np.float32), 2.0 / spacing.clip(min=1e-6))
         masked = np.where(labels >= FIRST_TUMOUR_LABEL, smooth, -np.inf)

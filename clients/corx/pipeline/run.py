@@ -15,6 +15,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from corx_bundle.scripts.fieldops import jacobian_determinant
 
@@ -145,7 +146,7 @@ def _vois(m: Manifest, labels: np.ndarray) -> list[Voi]:
 
 
 def _grid_text(shape: tuple[int, ...], affine: np.ndarray) -> str:
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_sizes(affine)
     return (f"{'x'.join(map(str, shape))} at {'/'.join(f'{s:.3g}' for s in spacing)} mm, "
             f"{''.join(nib.aff2axcodes(affine))}")
 
