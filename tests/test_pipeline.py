@@ -449,3 +449,24 @@ def test_hot_spot_prefers_tumours_and_skips_the_bladder(internal: Path) -> None:
     assert labels[point] >= 11 and "tumour" in how
     point, _ = hot_spot(spect, ref.affine, None)
     assert labels[point] != 8  # not the bladder
+
+
+def test_small_negative_spect_voxels_become_zero_with_a_warning(internal: Path, tmp_path: Path) -> None:
+    """A conjugate-gradient-like undershoot in a moving SPECT does not refuse the patient: it is set to 0, the
+    warning (count and minimum) is in pipeline.json, and the input file is untouched."""
+    import shutil
+
+    patient = tmp_path / "p"
+    shutil.copytree(internal, patient)
+    moving = _moving_ids(patient)[0]
+    path = patient / f"spect_{moving}.nii.gz"
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[:2, :2, :2] = -0.02 * data.max()  # a corner of the field of view, 8 voxels
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    before = path.read_bytes()
+    res = run_pipeline(patient / "patient.json", tmp_path / "out", method="identity", progress=False, quiet=True)
+    assert any(f"spect_{moving}.nii.gz: 8 negative voxels" in w for w in res.summary["warnings"])
+    registered = np.asarray(nib.load(str(tmp_path / "out" / "registered" / f"spect_{moving}.nii.gz")).dataobj)
+    assert registered.min() >= 0
+    assert path.read_bytes() == before

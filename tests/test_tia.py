@@ -33,6 +33,7 @@ from corx.tia import (
     RULE_FIT_FAILED,
     RULE_MONOEXP,
     RULE_SLOW,
+    clip_small_negatives,
     compute_tia,
     fit_monoexp,
     tia_from_curves,
@@ -439,16 +440,53 @@ def test_cli_rejects_misaligned_spect(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "spect_24h.nii.gz" in capsys.readouterr().err
 
 
-def test_cli_rejects_negative_activity_naming_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_rejects_large_negative_activity_naming_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     manifest = _patient(tmp_path / "p")
     path = tmp_path / "p" / "spect_48h.nii.gz"
     img = nib.load(str(path))
     data = np.asarray(img.dataobj).copy()
-    data[3, 3, 3] = -100.0
+    data[3, 3, 3] = -0.2 * data.max()  # 20 % of the maximum: not reconstruction noise
     _write(path, data, img.affine)
     assert main(["tia", str(manifest), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "spect_48h.nii.gz" in err and "negative" in err
+    assert "spect_48h.nii.gz" in err and "below -5% of the maximum" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_sets_small_negatives_to_zero_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = _patient(tmp_path / "p")
+    assert main(["tia", str(manifest), "--out", str(tmp_path / "clean")]) == 0
+    path = tmp_path / "p" / "spect_48h.nii.gz"
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).astype(np.float32)
+    zeros = np.argwhere(data == 0)[:3]
+    assert len(zeros) == 3
+    for i, j, k in zeros:  # CG-like undershoot where the activity is 0: 1 % of the maximum
+        data[i, j, k] = -0.01 * data.max()
+    _write(path, data, img.affine)
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert main(["tia", str(manifest), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "spect_48h.nii.gz: 3 negative voxels" in err and "set to 0" in err
+    summary = json.loads((tmp_path / "out" / "tia_summary.json").read_text())
+    assert any("3 negative voxels" in w for w in summary["warnings"])
+    clean = np.asarray(nib.load(str(tmp_path / "clean" / "tia.nii.gz")).dataobj)
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "out" / "tia.nii.gz")).dataobj), clean)
+    assert path.read_bytes() == before  # the input is never rewritten
+
+
+def test_clip_small_negatives_reports_and_refuses() -> None:
+    frame = np.array([[[10.0, -0.2], [0.0, 3.0]]], np.float32)
+    clipped, message = clip_small_negatives(frame, "a.nii.gz")
+    assert clipped.min() == 0 and frame.min() == np.float32(-0.2)  # a copy: the input keeps its values
+    assert "a.nii.gz: 1 negative voxels" in message and "-0.2" in message and "2.00% of the maximum" in message
+    same, none = clip_small_negatives(np.abs(frame), "b")
+    assert none is None and same is not None
+    with pytest.raises(CorxError, match=r"c.nii.gz: 1 voxels below -5% of the maximum"):
+        clip_small_negatives(np.array([10.0, -0.6], np.float32), "c.nii.gz")
+    with pytest.raises(CorxError, match="non-finite"):
+        clip_small_negatives(np.array([1.0, np.nan], np.float32), "d")
 
 
 def test_cli_missing_labels_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .errors import CorxError
 from .imageio import load_image, read_array, save_image, save_json
 from .kinetics_models import MultiModelResult, compute_tia_multimodel
 from .manifest import Manifest, load_manifest
-from .tia import RULE_SHORT, TiaResult, compute_tia
+from .tia import RULE_SHORT, TiaResult, clip_small_negatives, compute_tia
 from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, write_voi_csv
 
 AFFINE_TOLERANCE_MM = 1e-3
@@ -115,8 +116,12 @@ def _same_grid(shape: tuple[int, ...], affine: np.ndarray, ref_shape: tuple[int,
                                                                     atol=AFFINE_TOLERANCE_MM)
 
 
-def load_aligned_spects(manifest: Manifest) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Stack the manifest's SPECTs (T, X, Y, Z) float32, checking each is on the reference SPECT grid."""
+def load_aligned_spects(manifest: Manifest, warnings: list[str] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Stack the manifest's SPECTs (T, X, Y, Z) float32, checking each is on the reference SPECT grid.
+
+    Small negative voxels are set to 0 and described in ``warnings``; large ones are refused
+    (:func:`corx.tia.clip_small_negatives`)."""
     ref = manifest.reference_timepoint
     ref_img = load_image(ref.spect)
     ref_shape, ref_affine = ref_img.shape, ref_img.affine
@@ -130,6 +135,9 @@ def load_aligned_spects(manifest: Manifest) -> tuple[np.ndarray, np.ndarray, lis
                             f"{ref.spect.name} (shape {ref_shape}) in shape or affine; `corx tia` needs SPECT "
                             f"images already aligned to the reference grid")
         data, _ = read_array(tp.spect, dtype=np.float32)
+        data, message = clip_small_negatives(data, tp.spect)
+        if message is not None and warnings is not None:
+            warnings.append(message)
         frames.append(data)
     return np.stack(frames), np.asarray(ref_affine, float), [str(tp.spect) for tp in manifest.timepoints]
 
@@ -200,7 +208,11 @@ def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, over
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     out = Path(out)
     _check_out_dir(out, overwrite)
-    activity, affine, names = load_aligned_spects(m)
+    input_warnings: list[str] = []
+    activity, affine, names = load_aligned_spects(m, input_warnings)
+    if not quiet:
+        for message in input_warnings:
+            print(f"WARNING: {message}", file=sys.stderr)
     labelled = _load_labels(m, activity.shape[1:], affine)
     ref = m.reference_timepoint
     ct_hu, ct_affine = read_array(ref.ct, dtype=np.float32)
@@ -211,7 +223,7 @@ def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, over
                                names=names, threads=threads)
     extra = {"patient_id": m.patient_id, "manifest": str(m.path), "reference": m.reference,
              "timepoints": [tp.id for tp in m.timepoints], "reference_ct": str(ref.ct),
-             "labels": str(m.labels) if m.labels else None}
+             "labels": str(m.labels) if m.labels else None, "warnings": input_warnings}
     written = write_outputs(result, affine, out, overwrite=overwrite, extra=extra)
     if not quiet:
         _print_summary(m, result, out, written)

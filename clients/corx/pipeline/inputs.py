@@ -7,6 +7,8 @@ see :mod:`corx.pipeline.dicom` for geometry and units.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from ..errors import CorxError
 from ..imageio import load_image
 from ..preprocess import Volume, load_volume
+from ..tia import clip_small_negatives
 from . import dicom
 
 
@@ -48,13 +51,25 @@ def image_geometry(path: str | os.PathLike, role: str, calibration: float | None
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64)
 
 
-def read_volume(path: str | os.PathLike, role: str, calibration: float | None = None) -> Volume:
-    """A time point's CT (HU) or SPECT (Bq/mL) as a float32 Volume; NIfTI or DICOM by the path."""
+def read_volume(path: str | os.PathLike, role: str, calibration: float | None = None,
+                warn: Callable[[str], None] | None = None) -> Volume:
+    """A time point's CT (HU) or SPECT (Bq/mL) as a float32 Volume; NIfTI or DICOM by the path.
+
+    A SPECT's small negative voxels are set to 0 and reported through ``warn`` (default: ``warnings.warn``);
+    large ones are refused (:func:`corx.tia.clip_small_negatives`).
+    """
     path = _checked_path(path, role, calibration)
     if dicom.is_dicom_path(path):
         vol = dicom.read_ct_series(path) if role == "ct" else dicom.read_nm(path, calibration)
-        return Volume(vol.data, vol.affine)
-    return load_volume(path)
+        vol = Volume(vol.data, vol.affine)
+    else:
+        vol = load_volume(path)
+    if role == "spect":
+        data, message = clip_small_negatives(vol.data, path)
+        if message is not None:
+            (warn or (lambda text: warnings.warn(text, stacklevel=3)))(message)
+            vol = Volume(data, vol.affine)
+    return vol
 
 
 def array_on_grid(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray, what: str = "image",

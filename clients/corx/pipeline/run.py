@@ -7,8 +7,9 @@ file list (:data:`OUTPUTS`) and :mod:`corx.pipeline.staging` for how the output 
 from __future__ import annotations
 
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.affines import voxel_sizes
+from tqdm import tqdm
 
 from corx_bundle.scripts.fieldops import jacobian_determinant
 
@@ -155,15 +157,16 @@ class _Run:
     """One pipeline run: the state shared by the steps."""
 
     def __init__(self, m: Manifest, staging: Staging, steps: Steps, method: Method, config: PreprocessConfig,
-                 refine: int, refine_lr: float) -> None:
+                 refine: int, refine_lr: float, warn: Callable[[str], None]) -> None:
         self.m, self.staging, self.steps, self.method = m, staging, steps, method
         self.config, self.refine, self.refine_lr = config, refine, refine_lr
+        self.warn = warn  # input problems found on the way (e.g. negative SPECT voxels set to 0): console + report
         self.results: dict[str, _TimePointResult] = {}
 
     def read_reference(self, point: object) -> None:
         ref = self.m.reference_timepoint
         with self.steps.step("read reference", file=ref.spect):
-            self.ref_spect = read_volume(ref.spect, "spect", ref.calibration_bq_per_count)
+            self.ref_spect = read_volume(ref.spect, "spect", ref.calibration_bq_per_count, warn=self.warn)
             self.ref_ct = read_volume(ref.ct, "ct")
             self.shape = tuple(int(s) for s in self.ref_spect.data.shape)
             self.affine = np.asarray(self.ref_spect.affine, dtype=np.float64)
@@ -182,7 +185,7 @@ class _Run:
             return None, self.ref_ct, self.ref_spect, None
         with self.steps.step(f"register {tp.id}", file=tp.spect):
             ct = read_volume(tp.ct, "ct")
-            spect = read_volume(tp.spect, "spect", tp.calibration_bq_per_count)
+            spect = read_volume(tp.spect, "spect", tp.calibration_bq_per_count, warn=self.warn)
             gf = self.method.register(self.ref_ct, ct, self.ref_spect, spect)
         refined = None
         if self.refine:
@@ -344,7 +347,12 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     steps.timings["load method"] = t_load
     had_complete = (out / COMPLETE).exists()
     try:
-        run = _Run(m, staging, steps, reg, cfg, refine, lr)
+        def warn(message: str) -> None:
+            all_warnings.append(message)
+            if not quiet:
+                tqdm.write(f"WARNING: {message}", file=sys.stderr)
+
+        run = _Run(m, staging, steps, reg, cfg, refine, lr, warn)
         run.read_reference(point)
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
