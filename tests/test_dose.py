@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corx.dose import body_mask, density_on_grid, dose_from_ct, dose_from_tia, dvh_metrics
+from corx.dose import body_mask, cumulative_dvh, density_on_grid, dose_from_ct, dose_from_tia, dvh_metrics
 from corx.errors import CorxError
 from corx.physics import DOSE_GY_G_PER_MBQH, SCHNEIDER_DENSITY, SCHNEIDER_HU, hu_to_density
 
@@ -72,7 +72,21 @@ def test_dvh_metrics() -> None:
     assert m["d2_gy"] == pytest.approx(np.percentile(d, 98))
     assert m["d98_gy"] == pytest.approx(np.percentile(d, 2))
     assert m["d2_gy"] > m["d50_gy"] > m["d98_gy"]
+    assert m["dmax_gy"] == 100.0 and m["v23gy_pct"] == pytest.approx(78.0)  # 23..100 Gy: 78 of 100 voxels
     assert np.isnan(dvh_metrics(np.array([]))["mean_dose_gy"])
+
+
+def test_cumulative_dvh_matches_counting() -> None:
+    rng = np.random.default_rng(0)
+    doses = {"kidneys": rng.gamma(4.0, 5.0, 5000), "tumour_1": np.full(10, 30.0)}
+    bins, curves = cumulative_dvh(doses, n_bins=100)
+    assert bins[0] == 0 and bins[-1] == pytest.approx(max(d.max() for d in doses.values()))
+    for name, values in doses.items():
+        assert curves[name][0] == 100.0  # every voxel receives >= 0 Gy
+        assert np.all(np.diff(curves[name]) <= 0)  # cumulative: never increases with dose
+        for i in (10, 37, 80):
+            assert curves[name][i] == pytest.approx(100.0 * np.mean(values >= bins[i]))
+    assert curves["tumour_1"][bins <= 30.0].min() == 100.0 and curves["tumour_1"][bins > 30.0].max() == 0.0
 
 
 def test_dose_bad_inputs() -> None:

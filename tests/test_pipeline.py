@@ -171,8 +171,10 @@ def test_every_output_lies_on_the_reference_spect_grid(shifted_external: tuple[P
         elif path.name.startswith("field_"):
             assert img.shape == (*ref.shape, 3)
     for name in ("voi.csv", "report.html", "pipeline.json", "truth_comparison.csv", "registered/patient.json",
-                 "figures/fields.png", "figures/profiles.png", "figures/tia_maps.png", COMPLETE):
+                 "figures/fields.png", "figures/profiles.png", "figures/tia_maps.png", "dvh.csv", "figures/dvh.png",
+                 COMPLETE):
         assert (out / name).is_file(), name
+    assert 'src="figures/dvh.png"' in (out / "report.html").read_text()
     assert not list(out.glob(".partial-*"))
 
 

@@ -405,8 +405,14 @@ def test_run_tia_writes_outputs_on_reference_grid(tmp_path: Path, capsys: pytest
     rows = list(csv.DictReader((out / "voi.csv").open()))
     assert [r["voi"] for r in rows] == ["body", "liver", "kidneys", "tumour_1"]
     for col in ("volume_ml", "tia_voi_mbqh", "tia_voxel_sum_mbqh", "percent_difference", "mean_dose_gy",
-                "d2_gy", "d50_gy", "d98_gy"):
+                "dmax_gy", "d2_gy", "d50_gy", "d98_gy", "v23gy_pct"):
         assert col in rows[0]
+    dvh = list(csv.DictReader((out / "dvh.csv").open()))
+    assert list(dvh[0]) == ["dose_gy", "body", "liver", "kidneys", "tumour_1"] and len(dvh) == 201
+    for row in (dvh[0], dvh[100]):  # % of the VOI at >= the bin's dose, against the dose map itself
+        assert float(row["liver"]) == pytest.approx(100 * np.mean(dose[labels == 4] >= float(row["dose_gy"]) - 1e-6),
+                                                    abs=1e-3)
+    assert all(float(dvh[0][name]) == 100.0 for name in ("body", "liver", "kidneys", "tumour_1"))
     liver = rows[1]
     assert float(liver["volume_ml"]) == pytest.approx(12 * 0.125)
     assert float(liver["tia_voi_mbqh"]) == pytest.approx(2e4 / 0.02 * 1e-6 * 12 * 0.125, rel=1e-3)

@@ -110,11 +110,32 @@ def dose_from_ct(tia_mbqh_per_ml: np.ndarray, tia_affine: np.ndarray, ct_hu: np.
     return DoseResult(dose_gy=dose, density=density, body=body)
 
 
+#: Kidney absorbed-dose limit of external-beam radiotherapy used in PRRT planning (23 Gy; Emami et al. 1991,
+#: as adopted for 177Lu-DOTATATE by Bodei et al. 2008): V23Gy = % of the VOI receiving at least this dose.
+KIDNEY_LIMIT_GY = 23.0
+DVH_METRICS = ("mean_dose_gy", "dmax_gy", "d2_gy", "d50_gy", "d98_gy", "v23gy_pct")
+
+
 def dvh_metrics(dose_values: np.ndarray) -> dict[str, float]:
-    """Mean dose and D2/D50/D98 (minimum dose to the hottest 2/50/98 % of the voxels), Gy."""
+    """Mean and maximum dose, D2/D50/D98 (minimum dose to the hottest 2/50/98 % of the voxels), Gy, and V23Gy
+    (% of the voxels at or above :data:`KIDNEY_LIMIT_GY`)."""
     d = np.asarray(dose_values, dtype=np.float64).ravel()
     if d.size == 0:
-        return {"mean_dose_gy": float("nan"), "d2_gy": float("nan"), "d50_gy": float("nan"),
-                "d98_gy": float("nan")}
+        return dict.fromkeys(DVH_METRICS, float("nan"))
     d2, d50, d98 = np.percentile(d, [98.0, 50.0, 2.0])
-    return {"mean_dose_gy": float(d.mean()), "d2_gy": float(d2), "d50_gy": float(d50), "d98_gy": float(d98)}
+    return {"mean_dose_gy": float(d.mean()), "dmax_gy": float(d.max()), "d2_gy": float(d2), "d50_gy": float(d50),
+            "d98_gy": float(d98), "v23gy_pct": 100.0 * float((d >= KIDNEY_LIMIT_GY).mean())}
+
+
+def cumulative_dvh(dose_by_voi: dict[str, np.ndarray], n_bins: int = 200) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cumulative DVHs on one dose axis: (dose bins in Gy from 0 to the largest VOI maximum, {VOI: % of its
+    voxels receiving at least each bin's dose}). Every voxel has the same volume on one grid, so % of voxels is
+    % of volume."""
+    top = max((float(np.max(d)) for d in dose_by_voi.values() if np.size(d)), default=0.0)
+    bins = np.linspace(0.0, top if top > 0 else 1.0, n_bins + 1)
+    curves = {}
+    for name, values in dose_by_voi.items():
+        d = np.sort(np.asarray(values, dtype=np.float64).ravel())
+        at_least = d.size - np.searchsorted(d, bins, side="left")  # voxels with dose >= bin
+        curves[name] = 100.0 * at_least / max(d.size, 1)
+    return bins, curves

@@ -18,6 +18,7 @@ tia_summary.json           parameters, code tables, counts, VOI rows, timings
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import sys
@@ -29,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .dose import DoseResult, dose_from_ct
+from .dose import DoseResult, cumulative_dvh, dose_from_ct
 from .errors import CorxError
-from .imageio import load_image, read_array, save_image, save_json
+from .imageio import atomic_path, load_image, read_array, save_image, save_json
 from .kinetics_models import MultiModelResult, compute_tia_multimodel
 from .manifest import Manifest, load_manifest
 from .tia import RULE_SHORT, TiaResult, clip_small_negatives, compute_tia
@@ -39,7 +40,7 @@ from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_tab
 
 AFFINE_TOLERANCE_MM = 1e-3
 OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "tia_model.nii.gz",
-                "tia_multimodel.nii.gz", "voi.csv", "tia_summary.json")
+                "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "tia_summary.json")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TiaOutputs:
     multimodel: MultiModelResult | None = None
     dose: DoseResult | None = None
     voi_rows: list[dict[str, Any]] | None = None
+    dvh: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # (dose bins Gy, {VOI: % volume >= dose})
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -99,6 +101,9 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                                  density=out.dose.density if out.dose else None,
                                  multimodel_tia_mbqh_per_ml=(out.multimodel.tia_mbqh_per_ml
                                                              if out.multimodel else None))
+        if out.dose is not None:
+            out.dvh = cumulative_dvh({voi.name: out.dose.dose_gy[np.isin(labels, voi.labels)]
+                                      for voi in (vois if vois is not None else default_vois(labels))})
         times["voi"] = time.perf_counter() - t0
     return out
 
@@ -162,6 +167,17 @@ def _load_labels(manifest: Manifest, shape: tuple[int, ...], affine: np.ndarray
     return data, vois
 
 
+def write_dvh_csv(bins: np.ndarray, curves: dict[str, np.ndarray], target: Path, overwrite: bool = False) -> Path:
+    """Cumulative DVHs as CSV: ``dose_gy`` then one column per VOI (% of its volume receiving >= that dose)."""
+    names = list(curves)
+    with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["dose_gy", *names])
+        for i, dose in enumerate(bins):
+            writer.writerow([f"{dose:.6g}", *(f"{curves[n][i]:.6g}" for n in names)])
+    return Path(target)
+
+
 def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: bool = False,
                   extra: dict[str, Any] | None = None) -> list[Path]:
     """Write the maps, VOI table and summary into ``out`` (atomic, no clobbering without ``overwrite``)."""
@@ -179,6 +195,8 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
                                   overwrite, np.float32))
     if result.voi_rows:
         written.append(write_voi_csv(result.voi_rows, out / "voi.csv", overwrite))
+    if result.dvh is not None:
+        written.append(write_dvh_csv(*result.dvh, out / "dvh.csv", overwrite))
     summary = {
         **(extra or {}),
         "voxel_volume_ml": result.tia.voxel_volume_ml,

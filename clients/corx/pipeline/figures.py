@@ -54,6 +54,7 @@ class FigureData:
     rule: np.ndarray
     dose: np.ndarray | None = None
     true_tia: np.ndarray | None = None
+    dvh: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # (dose bins Gy, {VOI: % volume >= dose})
     notes: list[str] = field(default_factory=list)
 
 
@@ -335,10 +336,33 @@ def tia_figure(d: FigureData, target: Path) -> Path:
     return target
 
 
+def dvh_figure(d: FigureData, target: Path) -> Path:
+    """Cumulative dose-volume histograms of the VOIs, with the 23 Gy kidney limit marked."""
+    from ..dose import KIDNEY_LIMIT_GY
+
+    plt = _plt()
+    assert d.dvh is not None
+    bins, curves = d.dvh
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, pct in curves.items():
+        ax.plot(bins, pct, label=name, lw=1.6 if name.startswith(("kidney", "tumour")) else 1.0)
+    if bins[-1] >= KIDNEY_LIMIT_GY:
+        ax.axvline(KIDNEY_LIMIT_GY, color="grey", ls="--", lw=0.8, label=f"{KIDNEY_LIMIT_GY:g} Gy")
+    ax.set(xlabel="absorbed dose (Gy)", ylabel="volume receiving at least this dose (%)", ylim=(0, 101),
+           xlim=(0, float(bins[-1])), title=f"{d.patient_id}: cumulative DVH per VOI ({d.method})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, target)
+    return target
+
+
 def render_all(d: FigureData, folder: Path) -> list[Path]:
     """Write every figure into ``folder``; returns the paths in report order."""
     paths = [overlay_figure(d, tid, folder / f"overlay_{tid}.png") for tid in d.ids if tid != d.reference]
     paths.append(fields_figure(d, folder / "fields.png"))
     paths.append(profiles_figure(d, folder / "profiles.png"))
     paths.append(tia_figure(d, folder / "tia_maps.png"))
+    if d.dvh is not None:
+        paths.append(dvh_figure(d, folder / "dvh.png"))
     return paths

@@ -17,12 +17,15 @@ CAPTIONS = {
                 "registered time points (solid) and before registration (dashed).",
     "tia_maps": "Voxel TIA, mono-exponential fit RMSE, eq.-6 rule and LED dose (paper Figure 7); with a phantom, "
                 "the true imaged TIA and the difference.",
+    "dvh": "Cumulative dose-volume histogram per VOI (LED dose): % of the VOI volume receiving at least the dose; "
+           "dashed: the 23 Gy kidney limit (V23Gy in the VOI table). Values in dvh.csv.",
 }
 
 VOI_COLUMNS = (("voi", "VOI"), ("volume_ml", "volume (mL)"), ("tia_voi_mbqh", "VOI TIA (MBq h)"),
                ("tia_voxel_sum_mbqh", "voxel sum (MBq h)"), ("percent_difference", "diff (%)"),
                ("voi_rule", "rule"), ("mean_voxel_rmse_bq_per_ml", "mean RMSE (Bq/mL)"),
-               ("mean_dose_gy", "mean dose (Gy)"), ("d98_gy", "D98 (Gy)"), ("d2_gy", "D2 (Gy)"))
+               ("mean_dose_gy", "mean dose (Gy)"), ("dmax_gy", "Dmax (Gy)"), ("d98_gy", "D98 (Gy)"),
+               ("d50_gy", "D50 (Gy)"), ("d2_gy", "D2 (Gy)"), ("v23gy_pct", "V23Gy (%)"))
 TRUTH_COLUMNS = (("voi", "VOI"), ("volume_ml", "volume (mL)"), ("true_tia_mbqh", "true TIA (MBq h)"),
                  ("imaged_true_tia_mbqh", "imaged truth (MBq h)"), ("tia_mbqh", "ours (MBq h)"),
                  ("error_vs_imaged_percent", "error vs imaged (%)"), ("error_vs_true_percent", "error vs true (%)"),

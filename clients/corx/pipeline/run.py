@@ -295,7 +295,7 @@ class _Run:
                 spect_before={t: r[t].spect_before for t in ids}, spect_after={t: r[t].spect_after for t in ids},
                 disp_mm={t: r[t].disp_mm for t in ids}, jacobian={t: r[t].jacobian for t in ids},
                 tia=result.tia.tia_mbqh_per_ml, rmse=result.tia.rmse_bq_per_ml, rule=result.tia.rule,
-                dose=result.dose.dose_gy if result.dose else None, true_tia=true_tia)
+                dose=result.dose.dose_gy if result.dose else None, true_tia=true_tia, dvh=result.dvh)
             paths = render_all(data, self.staging.path("figures"))
             rels = [f"figures/{p.name}" for p in paths]
             for rel in rels:
