@@ -7,9 +7,10 @@ Steps: (1) generate the internal phantom cohort with the paper's protocol (22 se
 pairs; seed 0) on all cores, unless the data folder already has one; (2) train each variant with the bundle's own
 ``train.json`` + ``train_gpu.json`` (full 128^3 volumes, bfloat16 autocast, all pairs cached in memory, cosine
 learning rate over a wall-clock budget, then stop) + ``validate_truth.json`` (validation SPECT LNCC and true-field
-error every epoch; the best SPECT LNCC is kept); the budget is split evenly between the variants; (3) write into
-OUT ``corx_gpu_results.tar.part-NN`` (pieces of at most 15 MiB), ``SHA256SUMS`` and ``JOIN.txt``: the tar holds
-``<variant>/model.pt`` (float16 state dict), ``<variant>/tensorboard/`` and ``summary.json``. Join with
+error every epoch; the lowest true SPECT-field error is kept); the budget is split evenly between the variants;
+(3) write into OUT ``corx_gpu_results.tar.part-NN`` (pieces of at most 15 MiB), ``SHA256SUMS`` and ``JOIN.txt``:
+the tar holds ``<variant>/model.pt`` (state dict, large tensors float16), ``<variant>/tensorboard/`` and
+``summary.json``. Join with
 ``cat corx_gpu_results.tar.part-* > corx_gpu_results.tar && sha256sum -c SHA256SUMS && tar xf corx_gpu_results.tar``.
 
 ``--tiny`` runs the same steps at toy size on a CPU (3 patients downsampled 4x, 32^3, a narrow network, a
@@ -75,16 +76,12 @@ def train_variant(variant: str, data_dir: Path, run_root: Path, budget_s: float,
 
 
 def half_state_dict(checkpoint: Path, target: Path) -> dict[str, Any]:
-    """Store ``checkpoint``'s network weights as float16 at ``target``; returns size and SHA-256."""
-    import torch
+    """Store ``checkpoint``'s network weights as the bundle ships them (scripts.publish_weights: large tensors
+    float16, small ones float32) at ``target``; returns size and SHA-256."""
+    from .publish_weights import publish
 
-    from .export import _state_dict
-
-    state = _state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True), checkpoint)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, target)
-    return {"bytes": target.stat().st_size, "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
+    size, digest = publish(checkpoint, target, overwrite=True)
+    return {"bytes": size, "sha256": digest}
 
 
 def pack(staging: Path, out: Path, piece_bytes: int = PIECE_BYTES) -> list[Path]:
