@@ -413,6 +413,14 @@ def test_run_tia_writes_outputs_on_reference_grid(tmp_path: Path, capsys: pytest
         assert float(row["liver"]) == pytest.approx(100 * np.mean(dose[labels == 4] >= float(row["dose_gy"]) - 1e-6),
                                                     abs=1e-3)
     assert all(float(dvh[0][name]) == 100.0 for name in ("body", "liver", "kidneys", "tumour_1"))
+    bed = nib.load(str(out / "bed.nii.gz"))
+    np.testing.assert_allclose(bed.affine, ref.affine)
+    bed_data = bed.get_fdata()
+    assert np.all(bed_data[dose > 0] >= dose[dose > 0] - 1e-6) and bed_data[dose == 0].max() == 0  # BED >= D
+    kid = rows[2]
+    expected = float(kid["dose_voi_gy"]) + float(kid["dose_voi_gy"]) ** 2 * (2.8 / (2.8 + float(kid["t_eff_h"]))) / 2.6
+    assert float(kid["bed_voi_gy"]) == pytest.approx(expected, rel=1e-4)
+    assert float(kid["eqd2_voi_gy"]) == pytest.approx(float(kid["bed_voi_gy"]) / (1 + 2 / 2.6), rel=1e-4)
     liver = rows[1]
     assert float(liver["volume_ml"]) == pytest.approx(12 * 0.125)
     assert float(liver["tia_voi_mbqh"]) == pytest.approx(2e4 / 0.02 * 1e-6 * 12 * 0.125, rel=1e-3)

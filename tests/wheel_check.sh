@@ -14,7 +14,7 @@ cd "$root"
 wheel=$(ls "$work"/dist/corx-*.whl)
 
 # every tracked module and config of the package is in the wheel, and no weights are
-git ls-files 'clients/corx/*.py' 'bundle/*.py' 'bundle/configs/*' 'triton_repo/*/1/model.py' \
+git ls-files 'clients/corx/*.py' 'clients/corx/data/*' 'bundle/*.py' 'bundle/configs/*' 'triton_repo/*/1/model.py' \
   | sed -e 's|^clients/corx/|corx/|' -e 's|^bundle/|corx_bundle/|' -e 's|^triton_repo/|corx_bundle/triton_repo/|' \
   | sort > "$work/expected"
 "$BUILD_PYTHON" -c "import sys, zipfile; print('\n'.join(sorted(zipfile.ZipFile(sys.argv[1]).namelist())))" "$wheel" \

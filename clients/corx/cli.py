@@ -42,11 +42,15 @@ class Commands:
         target = write_montage(load_manifest(manifest), Path(out), overwrite=overwrite)
         print(f"wrote {target}")
 
-    def tia(self, manifest: str, out: str, overwrite: bool = False) -> None:
-        """Time-integrated activity (and dose) maps from SPECT images already aligned to the reference grid."""
+    def tia(self, manifest: str, out: str, overwrite: bool = False, radiobiology: str | None = None) -> None:
+        """Time-integrated activity (and dose, BED) maps from SPECT images already aligned to the reference grid.
+
+        Args:
+            radiobiology: JSON file overriding the BED tissue parameters (layout of corx/data/radiobiology.json).
+        """
         from .tia_command import run_tia
 
-        run_tia(manifest, out, overwrite=overwrite)
+        run_tia(manifest, out, overwrite=overwrite, radiobiology=radiobiology)
 
     def demo(self, out: str = "demo_out", seed: int = 7, method: str = "corx", overwrite: bool = False) -> None:
         """The main job on a generated phantom patient: phantom, then `corx pipeline` (report in OUT/results).
@@ -60,7 +64,7 @@ class Commands:
 
     def pipeline(self, manifest: str, out: str, method: str = "corx", server: str | None = None,
                  protocol: str = "http", refine: int = 0, checkpoint: str | None = None, random_init: bool = False,
-                 point: str | None = None, overwrite: bool = False) -> None:
+                 point: str | None = None, overwrite: bool = False, radiobiology: str | None = None) -> None:
         """Register every time point to the reference, then TIA, dose, VOI table, figures and report.html in OUT.
 
         Args:
@@ -70,10 +74,12 @@ class Commands:
             refine: N Adam steps of test-time optimisation of each field (in-process only).
             random_init: freshly initialised network weights (no trained model; near-identity registration).
             point: 'i,j,k' reference SPECT voxel for the profiles (default: the hottest tumour-like spot).
+            radiobiology: JSON file overriding the BED tissue parameters (layout of corx/data/radiobiology.json).
         """
         from .pipeline.run import pipeline_command
 
-        pipeline_command(manifest, out, method, server, protocol, refine, checkpoint, random_init, point, overwrite)
+        pipeline_command(manifest, out, method, server, protocol, refine, checkpoint, random_init, point, overwrite,
+                         radiobiology)
 
     def export(self, checkpoint: str | None = None, random_init: bool = False, repo: str | None = None,
                spatial_size: int = 128, max_batch: int = 4, torchscript: bool = True, tensorrt: bool = False,

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .bed import BedResult, bed_map, load_radiobiology, voi_bed_columns
 from .dose import DoseResult, cumulative_dvh, dose_from_ct
 from .errors import CorxError
 from .imageio import atomic_path, load_image, read_array, save_image, save_json
@@ -39,7 +40,7 @@ from .tia import RULE_SHORT, TiaResult, clip_small_negatives, compute_tia
 from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, write_voi_csv
 
 AFFINE_TOLERANCE_MM = 1e-3
-OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "tia_model.nii.gz",
+OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "bed.nii.gz", "tia_model.nii.gz",
                 "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "tia_summary.json")
 
 
@@ -52,6 +53,7 @@ class TiaOutputs:
     dose: DoseResult | None = None
     voi_rows: list[dict[str, Any]] | None = None
     dvh: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # (dose bins Gy, {VOI: % volume >= dose})
+    bed: BedResult | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -64,7 +66,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                       ct: tuple[np.ndarray, np.ndarray] | None = None, labels: np.ndarray | None = None,
                       vois: Sequence[Voi] | None = None, names: Sequence[str] | None = None,
                       multimodel: bool | None = None, threads: int | None = None,
-                      **tia_options: Any) -> TiaOutputs:
+                      radiobiology: str | os.PathLike | None = None, **tia_options: Any) -> TiaOutputs:
     """The whole `corx tia` computation on registered arrays.
 
     Args:
@@ -76,6 +78,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         names: one name per frame (files) for error messages.
         multimodel: multi-model fit (default: when there are >= 4 time points).
         threads: worker threads.
+        radiobiology: JSON file overriding the BED tissue parameters (corx/data/radiobiology.json).
         tia_options: passed to corx.tia.compute_tia (max_tia_ratio, head, min_activity, ...).
     """
     times: dict[str, float] = {}
@@ -94,6 +97,11 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         t0 = time.perf_counter()
         out.dose = dose_from_ct(tia.tia_mbqh_per_ml, affine, ct[0], ct[1])
         times["dose"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        vois = vois if vois is not None or labels is None else default_vois(labels)
+        out.bed = bed_map(out.dose.dose_gy, tia.lambda_eff_per_h, labels, vois or (),
+                          load_radiobiology(radiobiology))
+        times["bed"] = time.perf_counter() - t0
     if labels is not None:
         t0 = time.perf_counter()
         out.voi_rows = voi_table(activity, hours, labels, tia, vois=vois,
@@ -101,6 +109,10 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                                  density=out.dose.density if out.dose else None,
                                  multimodel_tia_mbqh_per_ml=(out.multimodel.tia_mbqh_per_ml
                                                              if out.multimodel else None))
+        if out.bed is not None and out.voi_rows:
+            voi_list = vois if vois is not None else default_vois(labels)
+            for row, voi in zip(out.voi_rows, voi_list, strict=True):
+                row.update(voi_bed_columns(row, voi, out.bed.bed_gy, labels, out.bed.params))
         if out.dose is not None:
             out.dvh = cumulative_dvh({voi.name: out.dose.dose_gy[np.isin(labels, voi.labels)]
                                       for voi in (vois if vois is not None else default_vois(labels))})
@@ -188,6 +200,8 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
     ]
     if result.dose is not None:
         written.append(save_image(result.dose.dose_gy, affine, out / "dose.nii.gz", overwrite, np.float32))
+    if result.bed is not None:
+        written.append(save_image(result.bed.bed_gy, affine, out / "bed.nii.gz", overwrite, np.float32))
     if result.multimodel is not None:
         written.append(save_image(result.multimodel.model, affine, out / "tia_model.nii.gz", overwrite,
                                   np.uint8))
@@ -205,7 +219,10 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
                 "total_mbqh": float(result.tia.tia_mbqh.sum(dtype=np.float64))},
         "multimodel": ({**result.multimodel.params, "model_counts": result.multimodel.model_counts()}
                        if result.multimodel else None),
-        "units": {"tia": "MBq*h/mL", "tia_rmse": "Bq/mL", "dose": "Gy", "voi_tia": "MBq*h"},
+        "units": {"tia": "MBq*h/mL", "tia_rmse": "Bq/mL", "dose": "Gy", "bed": "Gy", "voi_tia": "MBq*h"},
+        "radiobiology": ({"parameters": {k: vars(v) for k, v in result.bed.params.items()},
+                          "t_eff_physical_fallback_fraction": result.bed.t_eff_fallback_fraction}
+                         if result.bed else None),
         "voi": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
                 for row in result.voi_rows or []],
         "timings_s": result.timings_s,
@@ -221,7 +238,8 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
 
 
 def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, overwrite: bool = False,
-            threads: int | None = None, quiet: bool = False) -> TiaOutputs:
+            threads: int | None = None, quiet: bool = False,
+            radiobiology: str | os.PathLike | None = None) -> TiaOutputs:
     """`corx tia patient.json --out DIR`: SPECTs already on the reference grid -> TIA/dose maps + VOI table."""
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     out = Path(out)
@@ -238,7 +256,7 @@ def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, over
         raise CorxError(f"{ref.ct}: expected a 3-D CT, got shape {ct_hu.shape}")
     result = run_tia_on_arrays(activity, m.hours, affine, ct=(ct_hu, ct_affine),
                                labels=labelled[0] if labelled else None, vois=labelled[1] if labelled else None,
-                               names=names, threads=threads)
+                               names=names, threads=threads, radiobiology=radiobiology)
     extra = {"patient_id": m.patient_id, "manifest": str(m.path), "reference": m.reference,
              "timepoints": [tp.id for tp in m.timepoints], "reference_ct": str(ref.ct),
              "labels": str(m.labels) if m.labels else None, "warnings": input_warnings}

@@ -25,7 +25,8 @@ VOI_COLUMNS = (("voi", "VOI"), ("volume_ml", "volume (mL)"), ("tia_voi_mbqh", "V
                ("tia_voxel_sum_mbqh", "voxel sum (MBq h)"), ("percent_difference", "diff (%)"),
                ("voi_rule", "rule"), ("mean_voxel_rmse_bq_per_ml", "mean RMSE (Bq/mL)"),
                ("mean_dose_gy", "mean dose (Gy)"), ("dmax_gy", "Dmax (Gy)"), ("d98_gy", "D98 (Gy)"),
-               ("d50_gy", "D50 (Gy)"), ("d2_gy", "D2 (Gy)"), ("v23gy_pct", "V23Gy (%)"))
+               ("d50_gy", "D50 (Gy)"), ("d2_gy", "D2 (Gy)"), ("v23gy_pct", "V23Gy (%)"),
+               ("t_eff_h", "T_eff (h)"), ("bed_voi_gy", "BED (Gy)"), ("eqd2_voi_gy", "EQD2 (Gy)"))
 TRUTH_COLUMNS = (("voi", "VOI"), ("volume_ml", "volume (mL)"), ("true_tia_mbqh", "true TIA (MBq h)"),
                  ("imaged_true_tia_mbqh", "imaged truth (MBq h)"), ("tia_mbqh", "ours (MBq h)"),
                  ("error_vs_imaged_percent", "error vs imaged (%)"), ("error_vs_true_percent", "error vs true (%)"),

@@ -23,6 +23,7 @@ from corx_bundle.scripts.fieldops import jacobian_determinant
 
 from .. import __version__
 from ..backends import DEFAULT_CHECKPOINT, Backend, make_backend
+from ..bed import load_radiobiology
 from ..errors import CorxError
 from ..manifest import Manifest, TimePoint, load_manifest
 from ..preprocess import PreprocessConfig, Volume, preprocess_pair
@@ -250,13 +251,14 @@ class _Run:
             registered["labels"] = labels_file.name
         self.staging.json("registered/patient.json", registered)
 
-    def tia(self, threads: int | None) -> TiaOutputs:
+    def tia(self, threads: int | None, radiobiology: str | os.PathLike | None = None) -> TiaOutputs:
         with self.steps.step("TIA, dose, VOI"):
             ids = [tp.id for tp in self.m.timepoints]
             activity = np.stack([self.results[t].spect_after for t in ids])
             result = run_tia_on_arrays(activity, self.m.hours, self.affine, ct=(self.ref_ct.data, self.ref_ct.affine),
                                        labels=self.labels, vois=self.vois,
-                                       names=[f"registered SPECT {t}" for t in ids], threads=threads)
+                                       names=[f"registered SPECT {t}" for t in ids], threads=threads,
+                                       radiobiology=radiobiology)
             extra = {"patient_id": self.m.patient_id, "manifest": str(self.m.path), "reference": self.m.reference,
                      "timepoints": ids, "reference_ct": str(self.m.reference_timepoint.ct),
                      "labels": str(self.m.labels) if self.m.labels else None, "registered_by": "corx pipeline"}
@@ -308,7 +310,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
                  overwrite: bool = False, backend: Backend | None = None, config: PreprocessConfig | None = None,
                  checkpoint: str | None = None, random_init: bool = False, point: object = None,
                  threads: int | None = None, progress: bool = True, quiet: bool = False,
-                 warnings: Sequence[str] = ()) -> PipelineResult:
+                 warnings: Sequence[str] = (), radiobiology: str | os.PathLike | None = None) -> PipelineResult:
     """Run the whole pipeline for one patient into ``out`` (see the module and README "Pipeline").
 
     ``method`` is a name (:data:`corx.pipeline.methods.METHODS`) or a :class:`~corx.pipeline.methods.Method`
@@ -321,6 +323,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     out = Path(out)
     _check_options(method, server, protocol, refine)
+    load_radiobiology(radiobiology)  # a bad parameter file fails now, not after the registration
     check_out_dir(out, overwrite, MANAGED, _input_paths(m))
     cfg = config or PreprocessConfig()
     all_warnings = list(warnings)
@@ -357,7 +360,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
         run.write_registered_manifest()
-        result = run.tia(threads)
+        result = run.tia(threads, radiobiology)
         truth_rows, true_tia = run.truth(result)
         figures = run.figures(result, method_name, true_tia)
         with steps.step("report"):
@@ -443,7 +446,9 @@ def print_summary(res: PipelineResult) -> None:
 
 def pipeline_command(manifest: str, out: str, method: str = "corx", server: str | None = None,
                      protocol: str = "http", refine: int = 0, checkpoint: str | None = None,
-                     random_init: bool = False, point: object = None, overwrite: bool = False) -> PipelineResult:
+                     random_init: bool = False, point: object = None, overwrite: bool = False,
+                     radiobiology: str | None = None) -> PipelineResult:
     """The `corx pipeline` command line."""
     return run_pipeline(manifest, out, method=method, server=server, protocol=protocol, refine=refine,
-                        overwrite=overwrite, checkpoint=checkpoint, random_init=random_init, point=point)
+                        overwrite=overwrite, checkpoint=checkpoint, random_init=random_init, point=point,
+                        radiobiology=radiobiology)
