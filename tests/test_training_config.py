@@ -125,7 +125,12 @@ def test_truth_validation_overlay_keeps_only_pairs_with_truth(tmp_path: Path) ->
     parser = merged_config("train.json", "train_cpu.json", "validate_truth.json")
     assert parser.get_parsed_content("val_require_truth") is True
     metrics = parser["validate#additional_metrics"]
-    assert {"val_field_error_mm", "val_kidney_field_error_mm"} <= set(metrics)
+    assert {"val_spect_lncc", "val_kidney_field_error_mm"} <= set(metrics)
+    # the checkpoint kept is the one with the lowest true field error (lower is better)
+    assert set(parser["validate#key_metric"]) == {"val_field_error_mm"}
+    better = parser.get_parsed_content("validate#evaluator#metric_cmp_fn")
+    assert better(6.7, -1) and better(6.7, 7.0) and not better(7.0, 6.7)
+    assert parser["validate#handlers"][2]["key_metric_negative_sign"] is True
 
 
 def test_refine_methods_are_named_and_parsed() -> None:
