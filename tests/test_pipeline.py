@@ -472,3 +472,29 @@ def test_small_negative_spect_voxels_become_zero_with_a_warning(internal: Path, 
     registered = np.asarray(nib.load(str(tmp_path / "out" / "registered" / f"spect_{moving}.nii.gz")).dataobj)
     assert registered.min() >= 0
     assert path.read_bytes() == before
+
+
+def test_a_single_time_point_patient_runs_without_registration(internal: Path, tmp_path: Path) -> None:
+    """One time point: nothing to register; Hänscheid's TIA, with the phantom truth compared only on its own frame."""
+    from corx.tia import RULE_BACKGROUND, RULE_HANSCHEID
+
+    raw = _manifest(internal)
+    for tp_index, expect_truth in ((0, True), (-1, False)):
+        tp = raw["timepoints"][tp_index]
+        one = dict(raw, timepoints=[tp], reference=tp["id"],
+                   labels=f"truth/labels_{tp['id']}.nii.gz" if tp_index else raw["labels"])
+        manifest = internal / f"patient_only_{tp['id']}.json"
+        manifest.write_text(json.dumps(one))
+        out = tmp_path / tp["id"]
+        res = run_pipeline(manifest, out, method="identity", progress=False, quiet=True)
+        spect = nib.load(str(internal / tp["spect"]))
+        tia = nib.load(str(out / "tia.nii.gz"))
+        np.testing.assert_allclose(tia.affine, spect.affine)
+        a = np.maximum(np.asarray(spect.dataobj, np.float64), 0)
+        np.testing.assert_allclose(np.asarray(tia.dataobj), a * 2 * tp["hours"] / np.log(2) * 1e-6, rtol=1e-4,
+                                   atol=1e-9)
+        assert set(np.unique(np.asarray(nib.load(str(out / "tia_rule.nii.gz")).dataobj))) <= {RULE_BACKGROUND,
+                                                                                               RULE_HANSCHEID}
+        assert bool(res.summary["truth"]) is expect_truth
+        assert [t["id"] for t in res.summary["timepoints"]] == [tp["id"]]
+        assert (out / "report.html").is_file() and (out / "dose.nii.gz").is_file()

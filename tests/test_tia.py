@@ -31,7 +31,9 @@ from corx.tia import (
     RULE_BACKGROUND,
     RULE_EXCESSIVE,
     RULE_FIT_FAILED,
+    RULE_HANSCHEID,
     RULE_MONOEXP,
+    RULE_PRIOR_HALF_LIFE,
     RULE_SLOW,
     clip_small_negatives,
     compute_tia,
@@ -166,8 +168,12 @@ def test_bad_inputs_raise_clear_errors() -> None:
         compute_tia(act, [4.0, 48.0, 24.0], 1.0)
     with pytest.raises(CorxError, match="strictly increasing"):
         compute_tia(act, [4.0, 4.0, 24.0], 1.0)
-    with pytest.raises(CorxError, match="at least 2 time points"):
-        compute_tia(act[:1], [4.0], 1.0)
+    with pytest.raises(CorxError, match="at least 1 time point is needed"):
+        compute_tia(act[:0], [], 1.0)
+    with pytest.raises(CorxError, match=r"single time point must be after the injection"):
+        compute_tia(act[:1], [0.0], 1.0)
+    with pytest.raises(CorxError, match="single time point only"):
+        compute_tia(act, [4.0, 24.0, 48.0], 1.0, prior_half_life_h=np.full((4, 4, 4), 50.0))
     with pytest.raises(CorxError, match=r"\(T, X, Y, Z\)"):
         compute_tia(act[:, 0], [4.0, 24.0, 48.0], 1.0)
     with pytest.raises(CorxError, match="voxel_volume_ml"):
@@ -529,3 +535,60 @@ def test_rmse_never_exceeds_the_curve_peak_even_for_rising_or_erratic_curves() -
     result = tia_from_curves(curves, hours)
     assert np.all(np.isfinite(result.rmse))
     assert np.all(result.rmse <= curves.max(axis=0) + 1e-3)
+
+
+# ------------------------------------------------------------------------------------- single time point
+@pytest.mark.parametrize("x", [0.5, 2 / 3, 1.0, 1 / math.log(2), 2.0])
+def test_hanscheid_against_a_mono_exponential(x: float) -> None:
+    """TIA = A(t) 2t / ln 2: exact when t = T_eff (and 2 T_eff), ratio 2x / 2^x with x = t / T_eff otherwise."""
+    t_eff = 60.0
+    lam = math.log(2) / t_eff
+    t = x * t_eff
+    res = tia_from_curves(np.array([[1e4 * math.exp(-lam * t), 0.0]], np.float32), [t])
+    assert res.tia[0] == pytest.approx(1e4 / lam * 2 * x / 2**x, rel=1e-5)
+    assert res.tia[0] == pytest.approx(1e4 * math.exp(-lam * t) * 2 * t / math.log(2), rel=1e-5)
+    assert res.rule.tolist() == [RULE_HANSCHEID, RULE_BACKGROUND] and res.tia[1] == 0
+    assert res.lambda_eff[0] == pytest.approx(math.log(2) / t) and res.rmse[0] == 0
+
+
+def test_prior_half_life_is_exact_for_the_true_half_life_and_per_voxel() -> None:
+    act = np.zeros((1, 2, 2, 1), np.float32)
+    t, prior_h = 48.0, 30.0
+    lam = math.log(2) / prior_h
+    act[0, :, :, 0] = 1e4 * math.exp(-lam * t)
+    prior = np.full((2, 2, 1), np.nan)
+    prior[0] = prior_h
+    res = compute_tia(act, [t], 0.5, prior_half_life_h=prior)
+    np.testing.assert_allclose(res.tia_mbqh_per_ml[0, :, 0], 1e4 / lam * 1e-6, rtol=1e-5)
+    assert res.rule[0].ravel().tolist() == [RULE_PRIOR_HALF_LIFE] * 2
+    assert res.rule[1].ravel().tolist() == [RULE_HANSCHEID] * 2
+    np.testing.assert_allclose(res.tia_mbqh_per_ml[1, :, 0], act[0, 1, :, 0] * 2 * t / math.log(2) * 1e-6, rtol=1e-5)
+    assert res.params["single_time_point"] == "prior half-life where given, else Hänscheid"
+    with pytest.raises(CorxError, match="> 0 h"):
+        compute_tia(act, [t], 0.5, prior_half_life_h=np.full((2, 2, 1), -3.0))
+
+
+def test_corx_tia_on_one_time_point_with_a_prior_for_one_voi(tmp_path: Path) -> None:
+    manifest = _patient(tmp_path / "p", hours=(72.0,))
+    raw = json.loads(manifest.read_text())
+    raw["prior_effective_half_life_h"] = {"liver": 40.0}
+    manifest.write_text(json.dumps(raw))
+    out = tmp_path / "out"
+    res = run_tia(manifest, out, quiet=True)
+    rows = {r["voi"]: r for r in csv.DictReader((out / "voi.csv").open())}
+    liver_a = 2e4 * math.exp(-0.02 * 72.0)  # Bq/mL at 72 h
+    lam = math.log(2) / 40.0
+    assert int(rows["liver"]["voi_rule"]) == RULE_PRIOR_HALF_LIFE
+    assert float(rows["liver"]["tia_voi_mbqh"]) == pytest.approx(
+        liver_a * math.exp(lam * 72) / lam * 1e-6 * 12 * 0.125, rel=1e-4)
+    assert float(rows["liver"]["t_eff_h"]) == pytest.approx(40.0, rel=1e-4)
+    assert int(rows["kidneys"]["voi_rule"]) == RULE_HANSCHEID
+    assert float(rows["kidneys"]["t_eff_h"]) == pytest.approx(72.0, rel=1e-4)  # Hänscheid: T_eff = t
+    tia = nib.load(str(out / "tia.nii.gz")).get_fdata()
+    labels = nib.load(str(tmp_path / "p" / "truth" / "labels_ref.nii.gz")).get_fdata()
+    np.testing.assert_allclose(tia[labels == 4], liver_a * math.exp(lam * 72) / lam * 1e-6, rtol=1e-4)
+    assert set(np.unique(res.tia.rule[labels == 4])) == {RULE_PRIOR_HALF_LIFE}
+    raw["prior_effective_half_life_h"] = {"livr": 40.0}
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(CorxError, match=r"unknown VOI name\(s\) \['livr'\]"):
+        run_tia(manifest, tmp_path / "out2", quiet=True)

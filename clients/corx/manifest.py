@@ -40,6 +40,8 @@ class Manifest:
     reference: str
     timepoints: tuple[TimePoint, ...]
     labels: Path | None = None
+    #: single time point only: prior effective half-life (h) per VOI name, used instead of Hänscheid's T_eff = t
+    prior_half_life_h: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,8 +82,8 @@ def load_manifest(path: str | Path, check_images: bool = True) -> Manifest:
         raise CorxError(f"{where}: 'injected_activity_mbq' must be a positive number, got {injected}")
     reference = need("reference", str)
     entries = need("timepoints", list)
-    if len(entries) < 2:
-        raise CorxError(f"{where}: at least 2 time points are needed, got {len(entries)}")
+    if not entries:
+        raise CorxError(f"{where}: at least 1 time point is needed (2 or more for a fitted TIA), got none")
 
     base = path.parent
     timepoints = [_parse_timepoint(entry, i, base, where) for i, entry in enumerate(entries)]
@@ -91,6 +93,8 @@ def load_manifest(path: str | Path, check_images: bool = True) -> Manifest:
     hours = [tp.hours for tp in timepoints]
     if any(b <= a for a, b in itertools.pairwise(hours)):
         raise CorxError(f"{where}: time point hours must be strictly increasing and unique, got {hours}")
+    if len(hours) == 1 and hours[0] <= 0:
+        raise CorxError(f"{where}: a single time point must be after the injection (hours > 0), got {hours[0]:g}")
     if reference not in ids:
         raise CorxError(f"{where}: reference '{reference}' is not one of the time point ids {ids}")
 
@@ -100,15 +104,37 @@ def load_manifest(path: str | Path, check_images: bool = True) -> Manifest:
             raise CorxError(f"{where}: field 'labels' must be a path string")
         labels = (base / raw["labels"]).resolve()
 
+    priors = _parse_priors(raw.get(PRIOR_KEY), len(timepoints), labels, where)
     manifest = Manifest(path=path.resolve(), patient_id=patient_id, radionuclide=radionuclide,
                         injected_activity_mbq=injected, reference=reference, timepoints=tuple(timepoints),
-                        labels=labels, extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS})
+                        labels=labels, prior_half_life_h=priors,
+                        extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS})
     if check_images:
         validate_images(manifest)
     return manifest
 
 
-_KNOWN_KEYS = {"patient_id", "radionuclide", "injected_activity_mbq", "reference", "timepoints", "labels"}
+PRIOR_KEY = "prior_effective_half_life_h"
+_KNOWN_KEYS = {"patient_id", "radionuclide", "injected_activity_mbq", "reference", "timepoints", "labels", PRIOR_KEY}
+
+
+def _parse_priors(value: Any, n_timepoints: int, labels: Path | None, where: str) -> dict[str, float]:
+    """``{VOI name: hours > 0}`` of the manifest's prior effective half-lives (single time point, with labels)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise CorxError(f"{where}: '{PRIOR_KEY}' must be an object {{VOI name: hours}}")
+    if n_timepoints != 1:
+        raise CorxError(f"{where}: '{PRIOR_KEY}' is used with a single time point only ({n_timepoints} given: "
+                        "with several time points the effective decay is fitted)")
+    if labels is None:
+        raise CorxError(f"{where}: '{PRIOR_KEY}' needs 'labels' (the VOIs it names)")
+    priors = {}
+    for name, hours in value.items():
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours <= 0:
+            raise CorxError(f"{where}: '{PRIOR_KEY}' of VOI '{name}' must be a number of hours > 0, got {hours!r}")
+        priors[str(name)] = float(hours)
+    return priors
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -25,6 +25,18 @@ Per voxel (or per VOI mean curve) A(t_1..t_n):
 
 The RMSE map is the root mean square residual of the mono-exponential fit over the n samples (Bq/mL), the
 paper's voxel-wise fit metric; it is 0 where no fit was made (rules 0 and 3).
+
+One time point (n = 1, t_1 > 0): nothing can be fitted, so a mono-exponential with an assumed effective decay
+constant is integrated from 0 to infinity through the one sample, TIA = A(t_1) exp(lambda t_1) / lambda:
+
+* rule 5 (``RULE_HANSCHEID``): Hänscheid et al. 2018 (J Nucl Med 59:75), TIA = A(t_1) 2 t_1 / ln 2, which is the
+  formula above with T_eff = t_1 (lambda = ln 2 / t_1). For a truly mono-exponential curve with effective
+  half-life T the ratio to the true TIA is 2x / 2^x with x = t_1 / T: exact at t_1 = T and t_1 = 2T, at most
+  +6.2 % between them (x = 1 / ln 2), -16 % at t_1 = 2T/3, -29 % at t_1 = T/2: measure late enough;
+* rule 6 (``RULE_PRIOR_HALF_LIFE``): a prior effective half-life T_eff for the voxel (per VOI in the manifest,
+  ``prior_effective_half_life_h``), lambda = ln 2 / T_eff: the "prior information" method.
+
+``lambda_eff`` is then that assumed constant (so the BED uses the same T_eff); the RMSE is 0 (nothing fitted).
 """
 
 from __future__ import annotations
@@ -46,16 +58,21 @@ RULE_MONOEXP = 1
 RULE_SLOW = 2
 RULE_FIT_FAILED = 3
 RULE_EXCESSIVE = 4
+RULE_HANSCHEID = 5
+RULE_PRIOR_HALF_LIFE = 6
 RULE_NAMES: dict[int, str] = {
     RULE_BACKGROUND: "background (peak <= min_activity): trapezoid + physical tail, no fit",
     RULE_MONOEXP: "mono-exponential fit integrated from t=0",
     RULE_SLOW: "trapezoid + physical tail: lambda_eff <= lambda_phys",
     RULE_FIT_FAILED: "trapezoid + physical tail: fit failed",
     RULE_EXCESSIVE: "trapezoid + physical tail: mono-exponential TIA excessive",
+    RULE_HANSCHEID: "one time point: Hänscheid, TIA = A(t) 2t / ln 2 (T_eff = t)",
+    RULE_PRIOR_HALF_LIFE: "one time point: prior effective half-life, TIA = A(t) exp(lambda t) / lambda",
 }
 
 RULE_SHORT: dict[int, str] = {RULE_BACKGROUND: "background", RULE_MONOEXP: "mono-exp", RULE_SLOW: "slow/rising",
-                              RULE_FIT_FAILED: "fit failed", RULE_EXCESSIVE: "excessive"}
+                              RULE_FIT_FAILED: "fit failed", RULE_EXCESSIVE: "excessive",
+                              RULE_HANSCHEID: "Hänscheid", RULE_PRIOR_HALF_LIFE: "prior T_eff"}
 
 DEFAULT_MAX_TIA_RATIO = 2.0
 DEFAULT_GN_ITERATIONS = 3
@@ -103,15 +120,20 @@ class TiaResult:
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def validate_hours(hours: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Return the acquisition times as float64, checking: >= 2, finite, >= 0, strictly increasing."""
+def validate_hours(hours: Sequence[float] | np.ndarray, min_points: int = 2) -> np.ndarray:
+    """Return the acquisition times as float64, checking: >= ``min_points``, finite, >= 0 (> 0 for a single time
+    point: the single-time-point methods extrapolate from it), strictly increasing."""
     h = np.asarray(hours, dtype=np.float64)
     if h.ndim != 1:
         raise CorxError(f"hours must be a 1-D sequence, got shape {h.shape}")
-    if h.size < 2:
-        raise CorxError(f"at least 2 time points are needed for a TIA, got {h.size}")
+    need = max(1, min_points)
+    if h.size < need:
+        raise CorxError(f"at least {need} time point{'s' if need > 1 else ''} {'are' if need > 1 else 'is'} "
+                        f"needed, got {h.size}")
     if not np.all(np.isfinite(h)) or np.any(h < 0):
         raise CorxError(f"hours must be finite and >= 0, got {h.tolist()}")
+    if h.size == 1 and h[0] <= 0:
+        raise CorxError(f"a single time point must be after the injection (hours > 0), got {h[0]:g}")
     if np.any(np.diff(h) <= 0):
         raise CorxError(f"hours must be strictly increasing, got {h.tolist()}")
     return h
@@ -237,17 +259,54 @@ def fit_monoexp(curves: np.ndarray, hours: np.ndarray, n_iter: int = DEFAULT_GN_
     return a * safe, lam / np.float32(tmax), sse * safe64 * safe64, ok
 
 
+def single_time_point_tia(curves: np.ndarray, hours: np.ndarray, prior_half_life_h: np.ndarray | None = None, *,
+                          lambda_phys: float = LU177_LAMBDA_PER_H, min_activity: float = 0.0) -> CurveTia:
+    """TIA of one-sample curves (1, N): Hänscheid where ``prior_half_life_h`` (N,) is NaN or absent, else the
+    prior-half-life mono-exponential (module docstring, rules 5 and 6); background as in eq. 6."""
+    c = np.maximum(np.asarray(curves, dtype=np.float32), np.float32(0.0))
+    t = float(hours[0])
+    n = c.shape[1]
+    prior = np.full(n, np.nan, np.float64) if prior_half_life_h is None else np.asarray(prior_half_life_h, float)
+    if prior.shape != (n,):
+        raise CorxError(f"prior half-lives must have one value per curve ({n}), got shape {prior.shape}")
+    has_prior = np.isfinite(prior)
+    if np.any(prior[has_prior] <= 0):
+        raise CorxError(f"prior effective half-lives must be > 0 h, got minimum {prior[has_prior].min():g}")
+    lam = np.where(has_prior, math.log(2.0) / np.where(has_prior, prior, 1.0), math.log(2.0) / t)
+    a1 = c[0].astype(np.float64)
+    a0 = a1 * np.exp(lam * t)
+    mono = (a0 / lam).astype(np.float32)
+    trap = trapezoid_tail(c, hours, lambda_phys)
+    background = a1 <= min_activity
+    rule = np.where(has_prior, RULE_PRIOR_HALF_LIFE, RULE_HANSCHEID).astype(np.uint8)
+    rule[background] = RULE_BACKGROUND
+    nan = np.float32(np.nan)
+    return CurveTia(tia=np.where(background, trap, mono).astype(np.float32), rule=rule,
+                    rmse=np.zeros(n, np.float32), lambda_eff=np.where(background, nan, lam).astype(np.float32),
+                    a0=np.where(background, nan, a0).astype(np.float32),
+                    tia_monoexp=np.where(background, nan, mono).astype(np.float32), tia_trapezoid=trap)
+
+
 def tia_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, *,
                     lambda_phys: float = LU177_LAMBDA_PER_H, max_tia_ratio: float = DEFAULT_MAX_TIA_RATIO,
                     min_activity: float = 0.0, head: str = "exponential",
-                    n_iter: int = DEFAULT_GN_ITERATIONS) -> CurveTia:
-    """Eq.-6 TIA of each column of ``curves`` (T, N) in Bq/mL; see the module docstring for the rules."""
-    h = validate_hours(hours)
+                    n_iter: int = DEFAULT_GN_ITERATIONS, prior_half_life_h: np.ndarray | None = None) -> CurveTia:
+    """Eq.-6 TIA of each column of ``curves`` (T, N) in Bq/mL; see the module docstring for the rules.
+
+    With one time point (T = 1) the single-time-point rules apply (:func:`single_time_point_tia`);
+    ``prior_half_life_h`` (N,), NaN where unknown, is only accepted then.
+    """
+    h = validate_hours(hours, min_points=1)
     if head not in ("exponential", "linear"):
         raise CorxError(f"head must be 'exponential' or 'linear', got {head!r}")
     c = np.maximum(np.asarray(curves, dtype=np.float32), np.float32(0.0))
     if c.ndim != 2 or c.shape[0] != h.size:
         raise CorxError(f"curves must be (T={h.size}, N), got shape {c.shape}")
+    if h.size == 1:
+        return single_time_point_tia(c, h, prior_half_life_h, lambda_phys=lambda_phys, min_activity=min_activity)
+    if prior_half_life_h is not None:
+        raise CorxError(f"prior effective half-lives are used with a single time point only ({h.size} given): "
+                        "with several time points the effective decay is fitted")
     trap = trapezoid_tail(c, h, lambda_phys)
     peak = c.max(axis=0)
     fitted = peak > min_activity
@@ -313,8 +372,9 @@ def map_chunks(fn: Callable[[slice], None], n: int, chunk: int = _CHUNK, threads
 def compute_tia(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel_volume_ml: float, *,
                 lambda_phys: float = LU177_LAMBDA_PER_H, max_tia_ratio: float = DEFAULT_MAX_TIA_RATIO,
                 min_activity: float = 0.0, head: str = "exponential", n_iter: int = DEFAULT_GN_ITERATIONS,
-                names: Sequence[str] | None = None, threads: int | None = None) -> TiaResult:
-    """Voxel-wise eq.-6 TIA of registered activity maps.
+                names: Sequence[str] | None = None, threads: int | None = None,
+                prior_half_life_h: np.ndarray | None = None) -> TiaResult:
+    """Voxel-wise eq.-6 TIA of registered activity maps (one time point: Hänscheid or a prior half-life).
 
     Args:
         activity: (T, X, Y, Z) activity concentration in Bq/mL, one frame per time point, on one grid.
@@ -327,11 +387,19 @@ def compute_tia(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel
         n_iter: Gauss-Newton refinement steps after the log-linear start.
         names: one label per time point (e.g. the file) for error messages.
         threads: worker threads (default: the CPUs available).
+        prior_half_life_h: (X, Y, Z) prior effective half-life (h) per voxel, NaN where unknown (Hänscheid
+            there); single time point only.
     """
-    h = validate_hours(hours)
+    h = validate_hours(hours, min_points=1)
     act = np.asarray(activity)
     if act.ndim != 4:
         raise CorxError(f"activity must be (T, X, Y, Z), got shape {act.shape}")
+    prior = None
+    if prior_half_life_h is not None:
+        prior = np.asarray(prior_half_life_h, dtype=np.float64)
+        if prior.shape != act.shape[1:]:
+            raise CorxError(f"prior half-life map {prior.shape} does not match the activity grid {act.shape[1:]}")
+        prior = prior.ravel()
     validate_activity(act, h, names)
     if not (math.isfinite(voxel_volume_ml) and voxel_volume_ml > 0):
         raise CorxError(f"voxel_volume_ml must be a positive number, got {voxel_volume_ml}")
@@ -345,7 +413,8 @@ def compute_tia(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel
 
     def work(s: slice) -> None:
         res = tia_from_curves(flat[:, s], h, lambda_phys=lambda_phys, max_tia_ratio=max_tia_ratio,
-                              min_activity=min_activity, head=head, n_iter=n_iter)
+                              min_activity=min_activity, head=head, n_iter=n_iter,
+                              prior_half_life_h=None if prior is None else prior[s])
         tia[s] = res.tia * np.float32(1e-6)
         rmse[s] = res.rmse
         rule[s] = res.rule
@@ -354,6 +423,9 @@ def compute_tia(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel
     map_chunks(work, n, threads=threads)
     params = {"lambda_phys_per_h": lambda_phys, "max_tia_ratio": max_tia_ratio, "min_activity_bq_per_ml":
               min_activity, "head": head, "gauss_newton_iterations": n_iter, "rules": RULE_NAMES}
+    if h.size == 1:
+        given = prior is not None and bool(np.isfinite(prior).any())
+        params["single_time_point"] = "prior half-life where given, else Hänscheid" if given else "Hänscheid"
     return TiaResult(tia_mbqh_per_ml=tia.reshape(spatial), rmse_bq_per_ml=rmse.reshape(spatial),
                      rule=rule.reshape(spatial), lambda_eff_per_h=lam.reshape(spatial),
                      voxel_volume_ml=float(voxel_volume_ml), hours=h, params=params)

@@ -37,7 +37,7 @@ from .imageio import atomic_path, load_image, read_array, save_image, save_json
 from .kinetics_models import MultiModelResult, compute_tia_multimodel
 from .manifest import Manifest, load_manifest
 from .tia import RULE_SHORT, TiaResult, clip_small_negatives, compute_tia
-from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, write_voi_csv
+from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, voi_value_map, write_voi_csv
 
 AFFINE_TOLERANCE_MM = 1e-3
 OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "bed.nii.gz", "tia_model.nii.gz",
@@ -66,7 +66,8 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                       ct: tuple[np.ndarray, np.ndarray] | None = None, labels: np.ndarray | None = None,
                       vois: Sequence[Voi] | None = None, names: Sequence[str] | None = None,
                       multimodel: bool | None = None, threads: int | None = None,
-                      radiobiology: str | os.PathLike | None = None, **tia_options: Any) -> TiaOutputs:
+                      radiobiology: str | os.PathLike | None = None,
+                      prior_half_life_h: dict[str, float] | None = None, **tia_options: Any) -> TiaOutputs:
     """The whole `corx tia` computation on registered arrays.
 
     Args:
@@ -79,12 +80,18 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         multimodel: multi-model fit (default: when there are >= 4 time points).
         threads: worker threads.
         radiobiology: JSON file overriding the BED tissue parameters (corx/data/radiobiology.json).
+        prior_half_life_h: single time point: {VOI name: prior effective half-life, h} (needs ``labels``);
+            elsewhere Hänscheid's T_eff = t.
         tia_options: passed to corx.tia.compute_tia (max_tia_ratio, head, min_activity, ...).
     """
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     vv = voxel_volume_ml(affine)
-    tia = compute_tia(activity, hours, vv, names=names, threads=threads, **tia_options)
+    if labels is not None and vois is None:
+        vois = default_vois(labels)
+    prior_map = prior_half_life_map(prior_half_life_h, labels, vois)
+    tia = compute_tia(activity, hours, vv, names=names, threads=threads, prior_half_life_h=prior_map,
+                      **tia_options)
     times["tia_monoexp"] = time.perf_counter() - t0
     out = TiaOutputs(tia=tia, timings_s=times)
     if multimodel is None:
@@ -98,7 +105,6 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         out.dose = dose_from_ct(tia.tia_mbqh_per_ml, affine, ct[0], ct[1])
         times["dose"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        vois = vois if vois is not None or labels is None else default_vois(labels)
         out.bed = bed_map(out.dose.dose_gy, tia.lambda_eff_per_h, labels, vois or (),
                           load_radiobiology(radiobiology))
         times["bed"] = time.perf_counter() - t0
@@ -108,16 +114,26 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                                  dose_gy=out.dose.dose_gy if out.dose else None,
                                  density=out.dose.density if out.dose else None,
                                  multimodel_tia_mbqh_per_ml=(out.multimodel.tia_mbqh_per_ml
-                                                             if out.multimodel else None))
+                                                             if out.multimodel else None),
+                                 prior_half_life_h=prior_half_life_h)
         if out.bed is not None and out.voi_rows:
-            voi_list = vois if vois is not None else default_vois(labels)
-            for row, voi in zip(out.voi_rows, voi_list, strict=True):
+            for row, voi in zip(out.voi_rows, vois or (), strict=True):
                 row.update(voi_bed_columns(row, voi, out.bed.bed_gy, labels, out.bed.params))
         if out.dose is not None:
             out.dvh = cumulative_dvh({voi.name: out.dose.dose_gy[np.isin(labels, voi.labels)]
-                                      for voi in (vois if vois is not None else default_vois(labels))})
+                                      for voi in vois or ()})
         times["voi"] = time.perf_counter() - t0
     return out
+
+
+def prior_half_life_map(priors: dict[str, float] | None, labels: np.ndarray | None,
+                        vois: Sequence[Voi] | None) -> np.ndarray | None:
+    """The per-voxel prior effective half-life map (NaN outside the named VOIs), or None without priors."""
+    if not priors:
+        return None
+    if labels is None or vois is None:
+        raise CorxError("prior effective half-lives per VOI need a label map (the manifest's 'labels')")
+    return voi_value_map(priors, labels, vois, "prior_effective_half_life_h")
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -256,7 +272,8 @@ def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, over
         raise CorxError(f"{ref.ct}: expected a 3-D CT, got shape {ct_hu.shape}")
     result = run_tia_on_arrays(activity, m.hours, affine, ct=(ct_hu, ct_affine),
                                labels=labelled[0] if labelled else None, vois=labelled[1] if labelled else None,
-                               names=names, threads=threads, radiobiology=radiobiology)
+                               names=names, threads=threads, radiobiology=radiobiology,
+                               prior_half_life_h=m.prior_half_life_h)
     extra = {"patient_id": m.patient_id, "manifest": str(m.path), "reference": m.reference,
              "timepoints": [tp.id for tp in m.timepoints], "reference_ct": str(ref.ct),
              "labels": str(m.labels) if m.labels else None, "warnings": input_warnings}

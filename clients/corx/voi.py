@@ -98,6 +98,25 @@ def label_names_from_json(path: str | os.PathLike) -> dict[int, str]:
     return names
 
 
+def values_by_voi(values: dict[str, float], vois: Sequence[Voi], what: str) -> np.ndarray:
+    """``values`` ({VOI name: value}) as one float per VOI of ``vois``, NaN for VOIs not named; CorxError naming
+    ``what`` and the known VOIs for a name that is not a VOI."""
+    known = {voi.name for voi in vois}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CorxError(f"{what}: unknown VOI name(s) {unknown}; the VOIs are {sorted(known)}")
+    return np.array([values.get(voi.name, math.nan) for voi in vois], dtype=np.float64)
+
+
+def voi_value_map(values: dict[str, float], label_map: np.ndarray, vois: Sequence[Voi], what: str) -> np.ndarray:
+    """A float64 map on the label grid with each named VOI's value in its voxels, NaN elsewhere."""
+    out = np.full(np.shape(label_map), np.nan, dtype=np.float64)
+    for voi, value in zip(vois, values_by_voi(values, vois, what), strict=True):
+        if math.isfinite(value):
+            out[np.isin(label_map, voi.labels)] = value
+    return out
+
+
 def _sums_by_label(values: np.ndarray, labels: np.ndarray, n_bins: int) -> np.ndarray:
     return np.bincount(labels, weights=values, minlength=n_bins)
 
@@ -105,8 +124,12 @@ def _sums_by_label(values: np.ndarray, labels: np.ndarray, n_bins: int) -> np.nd
 def voi_table(activity: np.ndarray, hours: Sequence[float] | np.ndarray, label_map: np.ndarray,
               tia: TiaResult, vois: Sequence[Voi] | None = None, dose_gy: np.ndarray | None = None,
               density: np.ndarray | None = None, multimodel_tia_mbqh_per_ml: np.ndarray | None = None,
-              lambda_phys: float = LU177_LAMBDA_PER_H, min_density: float = 0.1) -> list[dict[str, Any]]:
+              lambda_phys: float = LU177_LAMBDA_PER_H, min_density: float = 0.1,
+              prior_half_life_h: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Table 3 rows per VOI (see module docstring); ``activity`` (T, X, Y, Z) Bq/mL on the label grid.
+
+    With one time point the VOI's mean value gets the single-time-point rule (corx.tia), with the VOI's
+    ``prior_half_life_h`` ({VOI name: h}) where given.
 
     Optional columns: dose (mass from ``density`` g/mL, LED VOI dose and DVH metrics of ``dose_gy``) and the
     multi-model voxel sum. Raises CorxError for a grid mismatch, an empty label map or a VOI with no voxel.
@@ -144,7 +167,9 @@ def voi_table(activity: np.ndarray, hours: Sequence[float] | np.ndarray, label_m
     curves = np.stack([[pick(frame_sums[i], v) for v in vois] for i in range(activity.shape[0])]) / n_vox
     voi_fit = tia_from_curves(curves, hours, lambda_phys=lambda_phys,
                               max_tia_ratio=float(tia.params.get("max_tia_ratio", 2.0)),
-                              head=str(tia.params.get("head", "exponential")))
+                              head=str(tia.params.get("head", "exponential")),
+                              prior_half_life_h=(values_by_voi(prior_half_life_h, vois, "prior half-lives")
+                                                 if prior_half_life_h else None))
     voi_mm = models_from_curves(curves, hours, lambda_phys=lambda_phys) if mm_sums is not None else None
     rows: list[dict[str, Any]] = []
     for i, voi in enumerate(vois):

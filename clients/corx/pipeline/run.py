@@ -29,7 +29,7 @@ from ..manifest import Manifest, TimePoint, load_manifest
 from ..preprocess import PreprocessConfig, Volume, preprocess_pair
 from ..tia import compute_tia
 from ..tia_command import OUTPUT_NAMES as TIA_OUTPUT_NAMES
-from ..tia_command import TiaOutputs, run_tia_on_arrays, voxel_volume_ml, write_outputs
+from ..tia_command import TiaOutputs, prior_half_life_map, run_tia_on_arrays, voxel_volume_ml, write_outputs
 from ..voi import Voi, default_vois, label_names_from_json, phantom_vois
 from ..warp import field_to_nifti
 from .figures import FigureData, render_all
@@ -40,7 +40,7 @@ from .outputs import CT_OUTSIDE_HU, itk_displacement_image, voxel_field, warp_to
 from .report import render_report
 from .staging import COMPLETE, Staging, check_out_dir, remove_stale_partials
 from .steps import Steps
-from .truth import compare_with_truth, has_truth, imaged_truth, truth_csv
+from .truth import compare_with_truth, imaged_truth, truth_applies, truth_csv
 
 UNTRAINED_WARNING = ("untrained network: the registration is near identity (freshly initialised CoRX-NET weights; "
                      "no trained model at bundle/models/model.pt)")
@@ -258,7 +258,7 @@ class _Run:
             result = run_tia_on_arrays(activity, self.m.hours, self.affine, ct=(self.ref_ct.data, self.ref_ct.affine),
                                        labels=self.labels, vois=self.vois,
                                        names=[f"registered SPECT {t}" for t in ids], threads=threads,
-                                       radiobiology=radiobiology)
+                                       radiobiology=radiobiology, prior_half_life_h=self.m.prior_half_life_h)
             extra = {"patient_id": self.m.patient_id, "manifest": str(self.m.path), "reference": self.m.reference,
                      "timepoints": ids, "reference_ct": str(self.m.reference_timepoint.ct),
                      "labels": str(self.m.labels) if self.m.labels else None, "registered_by": "corx pipeline"}
@@ -268,7 +268,7 @@ class _Run:
 
     def truth(self, result: TiaOutputs) -> tuple[list[dict[str, Any]], np.ndarray | None]:
         truth_dir = self.m.truth_dir
-        if not has_truth(truth_dir):
+        if not truth_applies(truth_dir, self.m.reference):
             return [], None
         with self.steps.step("truth comparison", file=truth_dir):
             labels = self.labels
@@ -278,7 +278,9 @@ class _Run:
                 return [], None
             ids = [tp.id for tp in self.m.timepoints]
             before = np.stack([self.results[t].spect_before for t in ids])
-            unreg = compute_tia(before, self.m.hours, voxel_volume_ml(self.affine)).tia_mbqh_per_ml
+            prior = prior_half_life_map(self.m.prior_half_life_h, self.labels, self.vois)
+            unreg = compute_tia(before, self.m.hours, voxel_volume_ml(self.affine),
+                                prior_half_life_h=prior).tia_mbqh_per_ml
             rows = compare_with_truth(truth_dir, labels, self.shape, self.affine,
                                       result.tia.tia_mbqh_per_ml, unreg)
             if rows:
@@ -344,7 +346,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     n_moving = len(m.timepoints) - 1
     # read reference, resample reference, (register [refine] resample) per moving time point, registered
     # manifest, TIA, truth, figures, report, publish
-    total = 2 + n_moving * (2 + (refine > 0)) + 2 + int(has_truth(m.truth_dir)) + 3
+    total = 2 + n_moving * (2 + (refine > 0)) + 2 + int(truth_applies(m.truth_dir, m.reference)) + 3
     staging = Staging(out, MANAGED)
     steps = Steps(total, progress=progress and not quiet)
     steps.timings["load method"] = t_load

@@ -27,6 +27,19 @@ def has_truth(truth_dir: Path) -> bool:
     return all((truth_dir / name).is_file() for name in TRUTH_FILES)
 
 
+def truth_applies(truth_dir: Path, reference: str) -> bool:
+    """True when the phantom's truth is present and defined on the manifest's reference time point (the truth
+    maps lie in the frame of the phantom's reference, e.g. 4 h; a manifest with another reference, such as a
+    single later time point, cannot be compared voxel by voxel)."""
+    if not has_truth(truth_dir):
+        return False
+    try:
+        truth_reference = json.loads((truth_dir / "tia_voi.json").read_text()).get("reference")
+    except (OSError, ValueError):
+        return False
+    return truth_reference is None or str(truth_reference) == reference
+
+
 def imaged_truth(truth_dir: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """truth/tia_imaged.nii.gz (MBq*h/mL) on the reference grid."""
     return array_on_grid(truth_dir / "tia_imaged.nii.gz", shape, affine, "true TIA map").astype(np.float32)
