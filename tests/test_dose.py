@@ -91,7 +91,9 @@ def test_cumulative_dvh_matches_counting() -> None:
 
 def test_dose_bad_inputs() -> None:
     tia = np.ones((3, 3, 3), np.float32)
-    with pytest.raises(CorxError, match="dose mode 'dvk' is not implemented"):
+    with pytest.raises(CorxError, match=r"dose mode 'mc' is not implemented \(available: led, dvk\)"):
+        dose_from_tia(tia, tia, mode="mc")
+    with pytest.raises(CorxError, match="needs the grid's voxel size"):
         dose_from_tia(tia, tia, mode="dvk")
     with pytest.raises(CorxError, match="density grid"):
         dose_from_tia(tia, tia[:2])

@@ -592,3 +592,26 @@ def test_corx_tia_on_one_time_point_with_a_prior_for_one_voi(tmp_path: Path) -> 
     manifest.write_text(json.dumps(raw))
     with pytest.raises(CorxError, match=r"unknown VOI name\(s\) \['livr'\]"):
         run_tia(manifest, tmp_path / "out2", quiet=True)
+
+
+def test_dose_mode_chooses_dose_nii_and_reports_both(tmp_path: Path) -> None:
+    manifest = _patient(tmp_path / "p")
+    dvk = run_tia(manifest, tmp_path / "dvk", quiet=True)
+    led = run_tia(manifest, tmp_path / "led", quiet=True, dose_mode="led")
+    assert {p.name for p in (tmp_path / "dvk").iterdir()} >= {"dose.nii.gz", "dose_led.nii.gz"}
+    assert "dose_dvk.nii.gz" in {p.name for p in (tmp_path / "led").iterdir()}
+    read = lambda d, n: np.asarray(nib.load(str(tmp_path / d / n)).dataobj)  # noqa: E731
+    np.testing.assert_array_equal(read("dvk", "dose.nii.gz"), read("led", "dose_dvk.nii.gz"))
+    np.testing.assert_array_equal(read("led", "dose.nii.gz"), read("dvk", "dose_led.nii.gz"))
+    assert not np.allclose(read("dvk", "dose.nii.gz"), read("led", "dose.nii.gz"))  # the kernel spreads energy
+    assert dvk.dose is not None and led.dose is not None and dvk.dose.mode == "dvk" and led.dose.mode == "led"
+    for d, col in (("dvk", "mean_dose_dvk_gy"), ("led", "mean_dose_led_gy")):
+        rows = list(csv.DictReader((tmp_path / d / "voi.csv").open()))
+        assert all(float(r[col]) == pytest.approx(float(r["mean_dose_gy"]), rel=1e-6) for r in rows)
+        assert all(r["dose_mode"] == d for r in rows)
+    summary = json.loads((tmp_path / "dvk" / "tia_summary.json").read_text())
+    assert summary["dose"]["mode"] == "dvk" and summary["dose"]["modes_written"] == ["dvk", "led"]
+    with pytest.raises(CorxError, match="dose mode 'mc' is not implemented"):
+        run_tia(manifest, tmp_path / "bad", quiet=True, dose_mode="mc")
+    assert main(["tia", str(manifest), "--out", str(tmp_path / "cli"), "--dose", "led"]) == 0
+    np.testing.assert_array_equal(read("cli", "dose.nii.gz"), read("led", "dose.nii.gz"))

@@ -42,15 +42,33 @@ class Commands:
         target = write_montage(load_manifest(manifest), Path(out), overwrite=overwrite)
         print(f"wrote {target}")
 
-    def tia(self, manifest: str, out: str, overwrite: bool = False, radiobiology: str | None = None) -> None:
+    def tia(self, manifest: str, out: str, overwrite: bool = False, radiobiology: str | None = None,
+            dose: str = "dvk") -> None:
         """Time-integrated activity (and dose, BED) maps from SPECT images already aligned to the reference grid.
 
         Args:
             radiobiology: JSON file overriding the BED tissue parameters (layout of corx/data/radiobiology.json).
+            dose: 'dvk' (177Lu kernel convolution, density-scaled) or 'led' (local deposition) as dose.nii.gz;
+                the other is written as dose_led.nii.gz / dose_dvk.nii.gz.
         """
         from .tia_command import run_tia
 
-        run_tia(manifest, out, overwrite=overwrite, radiobiology=radiobiology)
+        run_tia(manifest, out, overwrite=overwrite, radiobiology=radiobiology, dose_mode=dose)
+
+    def kernel(self, out: str, voxel_mm: float | str = 4.8, radius_mm: float = 25.0, overwrite: bool = False) -> None:
+        """Write the 177Lu soft-tissue (water) dose voxel kernel, mGy/(MBq s), as NIfTI; print its values.
+
+        Args:
+            out: output .nii.gz (float32, affine diag(voxel size), source voxel at the centre, world origin).
+            voxel_mm: voxel size in mm, one number or 'x,y,z' for the array axes.
+            radius_mm: the kernel spans at least this distance from the source voxel along each axis (photons).
+            overwrite: replace an existing OUT.
+        """
+        from .dose_kernel import write_kernel
+
+        target, lines = write_kernel(out, voxel_mm, radius_mm=radius_mm, overwrite=overwrite)
+        print("\n".join(lines))
+        print(f"wrote {target}")
 
     def demo(self, out: str = "demo_out", seed: int = 7, method: str = "corx", overwrite: bool = False) -> None:
         """The main job on a generated phantom patient: phantom, then `corx pipeline` (report in OUT/results).
@@ -64,7 +82,8 @@ class Commands:
 
     def pipeline(self, manifest: str, out: str, method: str = "corx", server: str | None = None,
                  protocol: str = "http", refine: int = 0, checkpoint: str | None = None, random_init: bool = False,
-                 point: str | None = None, overwrite: bool = False, radiobiology: str | None = None) -> None:
+                 point: str | None = None, overwrite: bool = False, radiobiology: str | None = None,
+                 dose: str = "dvk") -> None:
         """Register every time point to the reference, then TIA, dose, VOI table, figures and report.html in OUT.
 
         Args:
@@ -75,11 +94,12 @@ class Commands:
             random_init: freshly initialised network weights (no trained model; near-identity registration).
             point: 'i,j,k' reference SPECT voxel for the profiles (default: the hottest tumour-like spot).
             radiobiology: JSON file overriding the BED tissue parameters (layout of corx/data/radiobiology.json).
+            dose: 'dvk' (kernel convolution, default) or 'led' (local deposition) as dose.nii.gz; both in voi.csv.
         """
         from .pipeline.run import pipeline_command
 
         pipeline_command(manifest, out, method, server, protocol, refine, checkpoint, random_init, point, overwrite,
-                         radiobiology)
+                         radiobiology, dose)
 
     def export(self, checkpoint: str | None = None, random_init: bool = False, repo: str | None = None,
                spatial_size: int = 128, max_batch: int = 4, torchscript: bool = True, tensorrt: bool = False,

@@ -7,7 +7,10 @@ tia.nii.gz                 eq.-6 TIA, MBq*h/mL (float32)
 tia_rmse.nii.gz            mono-exponential fit RMSE, Bq/mL (float32)
 tia_rule.nii.gz            uint8 rule codes: 0 background, 1 mono-exp, 2 trapezoid (lambda_eff <= lambda_phys),
                            3 trapezoid (fit failed), 4 trapezoid (mono-exp TIA excessive); see corx.tia
-dose.nii.gz                LED absorbed dose, Gy (float32), mass from the reference CT; see corx.dose
+dose.nii.gz                absorbed dose, Gy (float32), by --dose: 'dvk' (default, 177Lu kernel convolution with
+                           density scaling) or 'led' (local deposition); mass from the reference CT; see corx.dose
+dose_led.nii.gz            (--dose dvk) the LED dose, Gy, for comparison
+dose_dvk.nii.gz            (--dose led) the kernel dose, Gy, for comparison
 tia_model.nii.gz           (>= 4 time points) uint8 selected model: 0 below threshold, 1 mono-exp,
                            2 uptake + physical decay, 3 uptake-washout, 4 bi-exp, 5 none (trapezoid)
 tia_multimodel.nii.gz      (>= 4 time points) multi-model TIA, MBq*h/mL
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .bed import BedResult, bed_map, load_radiobiology, voi_bed_columns
-from .dose import DoseResult, cumulative_dvh, dose_from_ct
+from .dose import DoseResult, cumulative_dvh, dose_from_ct, parse_dose_mode
 from .errors import CorxError
 from .imageio import atomic_path, load_image, read_array, save_image, save_json
 from .kinetics_models import MultiModelResult, compute_tia_multimodel
@@ -40,7 +43,9 @@ from .tia import RULE_SHORT, TiaResult, clip_small_negatives, compute_tia
 from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, voi_value_map, write_voi_csv
 
 AFFINE_TOLERANCE_MM = 1e-3
-OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "bed.nii.gz", "tia_model.nii.gz",
+DEFAULT_DOSE_MODE = "dvk"
+OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "dose_led.nii.gz",
+                "dose_dvk.nii.gz", "bed.nii.gz", "tia_model.nii.gz",
                 "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "tia_summary.json")
 
 
@@ -67,7 +72,8 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                       vois: Sequence[Voi] | None = None, names: Sequence[str] | None = None,
                       multimodel: bool | None = None, threads: int | None = None,
                       radiobiology: str | os.PathLike | None = None,
-                      prior_half_life_h: dict[str, float] | None = None, **tia_options: Any) -> TiaOutputs:
+                      prior_half_life_h: dict[str, float] | None = None, dose_mode: str = DEFAULT_DOSE_MODE,
+                      **tia_options: Any) -> TiaOutputs:
     """The whole `corx tia` computation on registered arrays.
 
     Args:
@@ -82,6 +88,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         radiobiology: JSON file overriding the BED tissue parameters (corx/data/radiobiology.json).
         prior_half_life_h: single time point: {VOI name: prior effective half-life, h} (needs ``labels``);
             elsewhere Hänscheid's T_eff = t.
+        dose_mode: which dose is ``dose`` ('dvk' or 'led'); the other is computed too, for comparison.
         tia_options: passed to corx.tia.compute_tia (max_tia_ratio, head, min_activity, ...).
     """
     times: dict[str, float] = {}
@@ -102,7 +109,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         times["tia_multimodel"] = time.perf_counter() - t0
     if ct is not None:
         t0 = time.perf_counter()
-        out.dose = dose_from_ct(tia.tia_mbqh_per_ml, affine, ct[0], ct[1])
+        out.dose = dose_from_ct(tia.tia_mbqh_per_ml, affine, ct[0], ct[1], mode=dose_mode, all_modes=True)
         times["dose"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out.bed = bed_map(out.dose.dose_gy, tia.lambda_eff_per_h, labels, vois or (),
@@ -116,6 +123,11 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                                  multimodel_tia_mbqh_per_ml=(out.multimodel.tia_mbqh_per_ml
                                                              if out.multimodel else None),
                                  prior_half_life_h=prior_half_life_h)
+        if out.dose is not None:
+            for row, voi in zip(out.voi_rows, vois or (), strict=True):
+                mask = np.isin(labels, voi.labels)
+                row["dose_mode"] = out.dose.mode
+                row.update({f"mean_dose_{m}_gy": float(d[mask].mean()) for m, d in sorted(out.dose.by_mode.items())})
         if out.bed is not None and out.voi_rows:
             for row, voi in zip(out.voi_rows, vois or (), strict=True):
                 row.update(voi_bed_columns(row, voi, out.bed.bed_gy, labels, out.bed.params))
@@ -216,6 +228,9 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
     ]
     if result.dose is not None:
         written.append(save_image(result.dose.dose_gy, affine, out / "dose.nii.gz", overwrite, np.float32))
+        for mode, dose in sorted(result.dose.by_mode.items()):
+            if mode != result.dose.mode:
+                written.append(save_image(dose, affine, out / f"dose_{mode}.nii.gz", overwrite, np.float32))
     if result.bed is not None:
         written.append(save_image(result.bed.bed_gy, affine, out / "bed.nii.gz", overwrite, np.float32))
     if result.multimodel is not None:
@@ -236,6 +251,9 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
         "multimodel": ({**result.multimodel.params, "model_counts": result.multimodel.model_counts()}
                        if result.multimodel else None),
         "units": {"tia": "MBq*h/mL", "tia_rmse": "Bq/mL", "dose": "Gy", "bed": "Gy", "voi_tia": "MBq*h"},
+        "dose": ({"mode": result.dose.mode, "modes_written": sorted(result.dose.by_mode),
+                  "max_gy": {m: float(d.max()) for m, d in sorted(result.dose.by_mode.items())}}
+                 if result.dose else None),
         "radiobiology": ({"parameters": {k: vars(v) for k, v in result.bed.params.items()},
                           "t_eff_physical_fallback_fraction": result.bed.t_eff_fallback_fraction}
                          if result.bed else None),
@@ -255,9 +273,10 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
 
 def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, overwrite: bool = False,
             threads: int | None = None, quiet: bool = False,
-            radiobiology: str | os.PathLike | None = None) -> TiaOutputs:
+            radiobiology: str | os.PathLike | None = None, dose_mode: str = DEFAULT_DOSE_MODE) -> TiaOutputs:
     """`corx tia patient.json --out DIR`: SPECTs already on the reference grid -> TIA/dose maps + VOI table."""
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    dose_mode = parse_dose_mode(dose_mode)  # a bad option fails before any work
     out = Path(out)
     _check_out_dir(out, overwrite)
     input_warnings: list[str] = []
@@ -273,7 +292,7 @@ def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, over
     result = run_tia_on_arrays(activity, m.hours, affine, ct=(ct_hu, ct_affine),
                                labels=labelled[0] if labelled else None, vois=labelled[1] if labelled else None,
                                names=names, threads=threads, radiobiology=radiobiology,
-                               prior_half_life_h=m.prior_half_life_h)
+                               prior_half_life_h=m.prior_half_life_h, dose_mode=dose_mode)
     extra = {"patient_id": m.patient_id, "manifest": str(m.path), "reference": m.reference,
              "timepoints": [tp.id for tp in m.timepoints], "reference_ct": str(ref.ct),
              "labels": str(m.labels) if m.labels else None, "warnings": input_warnings}

@@ -15,16 +15,18 @@ CAPTIONS = {
               "Jacobian determinant (blue < 1 compression, red > 1 expansion, black contour: folding, <= 0).",
     "profiles": "Line profiles of the normalised activity through the point (paper Figure 6): reference (black), "
                 "registered time points (solid) and before registration (dashed).",
-    "tia_maps": "Voxel TIA, mono-exponential fit RMSE, eq.-6 rule and LED dose (paper Figure 7); with a phantom, "
+    "tia_maps": "Voxel TIA, mono-exponential fit RMSE, eq.-6 rule and absorbed dose (paper Figure 7); with a phantom, "
                 "the true imaged TIA and the difference.",
-    "dvh": "Cumulative dose-volume histogram per VOI (LED dose): % of the VOI volume receiving at least the dose; "
+    "dvh": "Cumulative dose-volume histogram per VOI (the dose of dose.nii.gz, see 'dose mode'): % of the VOI "
+           "volume receiving at least the dose; "
            "dashed: the 23 Gy kidney limit (V23Gy in the VOI table). Values in dvh.csv.",
 }
 
 VOI_COLUMNS = (("voi", "VOI"), ("volume_ml", "volume (mL)"), ("tia_voi_mbqh", "VOI TIA (MBq h)"),
                ("tia_voxel_sum_mbqh", "voxel sum (MBq h)"), ("percent_difference", "diff (%)"),
                ("voi_rule", "rule"), ("mean_voxel_rmse_bq_per_ml", "mean RMSE (Bq/mL)"),
-               ("mean_dose_gy", "mean dose (Gy)"), ("dmax_gy", "Dmax (Gy)"), ("d98_gy", "D98 (Gy)"),
+               ("mean_dose_gy", "mean dose (Gy)"), ("mean_dose_dvk_gy", "mean DVK dose (Gy)"),
+               ("mean_dose_led_gy", "mean LED dose (Gy)"), ("dmax_gy", "Dmax (Gy)"), ("d98_gy", "D98 (Gy)"),
                ("d50_gy", "D50 (Gy)"), ("d2_gy", "D2 (Gy)"), ("v23gy_pct", "V23Gy (%)"),
                ("t_eff_h", "T_eff (h)"), ("bed_voi_gy", "BED (Gy)"), ("eqd2_voi_gy", "EQD2 (Gy)"))
 TRUTH_COLUMNS = (("voi", "VOI"), ("volume_ml", "volume (mL)"), ("true_tia_mbqh", "true TIA (MBq h)"),
@@ -100,6 +102,8 @@ def render_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
         ("total TIA (MBq h)", tia.get("total_mbqh")),
         ("TIA / injected activity (h)", tia.get("total_over_injected_h")),
         ("max dose (Gy)", s.get("dose", {}).get("max_gy")),
+        ("dose mode", {"dvk": "DVK: 177Lu kernel convolution, density-scaled", "led": "LED: local energy deposition"}
+         .get(s.get("dose", {}).get("mode", ""), s.get("dose", {}).get("mode"))),
         ("run time (s)", s.get("total_s")), ("corx version", s.get("version")),
     ]))
     reg_rows = []

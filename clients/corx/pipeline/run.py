@@ -24,12 +24,20 @@ from corx_bundle.scripts.fieldops import jacobian_determinant
 from .. import __version__
 from ..backends import DEFAULT_CHECKPOINT, Backend, make_backend
 from ..bed import load_radiobiology
+from ..dose import parse_dose_mode
 from ..errors import CorxError
 from ..manifest import Manifest, TimePoint, load_manifest
 from ..preprocess import PreprocessConfig, Volume, preprocess_pair
 from ..tia import compute_tia
+from ..tia_command import (
+    DEFAULT_DOSE_MODE,
+    TiaOutputs,
+    prior_half_life_map,
+    run_tia_on_arrays,
+    voxel_volume_ml,
+    write_outputs,
+)
 from ..tia_command import OUTPUT_NAMES as TIA_OUTPUT_NAMES
-from ..tia_command import TiaOutputs, prior_half_life_map, run_tia_on_arrays, voxel_volume_ml, write_outputs
 from ..voi import Voi, default_vois, label_names_from_json, phantom_vois
 from ..warp import field_to_nifti
 from .figures import FigureData, render_all
@@ -51,7 +59,10 @@ OUTPUTS: dict[str, str] = {
     "tia.nii.gz": "eq.-6 TIA, MBq*h/mL (as `corx tia`)",
     "tia_rmse.nii.gz": "mono-exponential fit RMSE, Bq/mL",
     "tia_rule.nii.gz": "eq.-6 rule per voxel (uint8 codes, see corx.tia)",
-    "dose.nii.gz": "LED absorbed dose, Gy (mass from the reference CT)",
+    "dose.nii.gz": "absorbed dose, Gy, by --dose: 'dvk' kernel convolution (default) or 'led' local deposition "
+                   "(mass from the reference CT)",
+    "dose_led.nii.gz": "(--dose dvk) the LED dose, Gy, for comparison",
+    "dose_dvk.nii.gz": "(--dose led) the kernel dose, Gy, for comparison",
     "tia_model.nii.gz": "(>= 4 time points) selected kinetic model (uint8)",
     "tia_multimodel.nii.gz": "(>= 4 time points) multi-model TIA, MBq*h/mL",
     "voi.csv": "(labels given) VOI table: VOI TIA vs voxel sum, dose metrics",
@@ -251,14 +262,16 @@ class _Run:
             registered["labels"] = labels_file.name
         self.staging.json("registered/patient.json", registered)
 
-    def tia(self, threads: int | None, radiobiology: str | os.PathLike | None = None) -> TiaOutputs:
+    def tia(self, threads: int | None, radiobiology: str | os.PathLike | None = None,
+            dose_mode: str = DEFAULT_DOSE_MODE) -> TiaOutputs:
         with self.steps.step("TIA, dose, VOI"):
             ids = [tp.id for tp in self.m.timepoints]
             activity = np.stack([self.results[t].spect_after for t in ids])
             result = run_tia_on_arrays(activity, self.m.hours, self.affine, ct=(self.ref_ct.data, self.ref_ct.affine),
                                        labels=self.labels, vois=self.vois,
                                        names=[f"registered SPECT {t}" for t in ids], threads=threads,
-                                       radiobiology=radiobiology, prior_half_life_h=self.m.prior_half_life_h)
+                                       radiobiology=radiobiology, prior_half_life_h=self.m.prior_half_life_h,
+                                       dose_mode=dose_mode)
             extra = {"patient_id": self.m.patient_id, "manifest": str(self.m.path), "reference": self.m.reference,
                      "timepoints": ids, "reference_ct": str(self.m.reference_timepoint.ct),
                      "labels": str(self.m.labels) if self.m.labels else None, "registered_by": "corx pipeline"}
@@ -312,7 +325,8 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
                  overwrite: bool = False, backend: Backend | None = None, config: PreprocessConfig | None = None,
                  checkpoint: str | None = None, random_init: bool = False, point: object = None,
                  threads: int | None = None, progress: bool = True, quiet: bool = False,
-                 warnings: Sequence[str] = (), radiobiology: str | os.PathLike | None = None) -> PipelineResult:
+                 warnings: Sequence[str] = (), radiobiology: str | os.PathLike | None = None,
+                 dose_mode: str = DEFAULT_DOSE_MODE) -> PipelineResult:
     """Run the whole pipeline for one patient into ``out`` (see the module and README "Pipeline").
 
     ``method`` is a name (:data:`corx.pipeline.methods.METHODS`) or a :class:`~corx.pipeline.methods.Method`
@@ -325,7 +339,8 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     out = Path(out)
     _check_options(method, server, protocol, refine)
-    load_radiobiology(radiobiology)  # a bad parameter file fails now, not after the registration
+    load_radiobiology(radiobiology)  # a bad parameter file or option fails now, not after the registration
+    dose_mode = parse_dose_mode(dose_mode)
     check_out_dir(out, overwrite, MANAGED, _input_paths(m))
     cfg = config or PreprocessConfig()
     all_warnings = list(warnings)
@@ -362,7 +377,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
         run.write_registered_manifest()
-        result = run.tia(threads, radiobiology)
+        result = run.tia(threads, radiobiology, dose_mode)
         truth_rows, true_tia = run.truth(result)
         figures = run.figures(result, method_name, true_tia)
         with steps.step("report"):
@@ -409,7 +424,7 @@ def _summary(run: _Run, result: TiaOutputs, method: str, network: str, warnings:
         "timepoints": [run.results[tp.id].stats for tp in m.timepoints],
         "tia": {"total_mbqh": total, "total_over_injected_h": total / m.injected_activity_mbq,
                 "rule_counts": result.tia.rule_counts()},
-        "dose": {"max_gy": float(result.dose.dose_gy.max())} if result.dose else {},
+        "dose": {"max_gy": float(result.dose.dose_gy.max()), "mode": result.dose.mode} if result.dose else {},
         "voi": result.voi_rows or [], "truth": truth_rows,
         "timings_s": {**timings, **{f"tia: {k}": v for k, v in result.timings_s.items()}},
         "total_s": time.perf_counter() - t_start, "outputs": OUTPUTS,
@@ -449,8 +464,8 @@ def print_summary(res: PipelineResult) -> None:
 def pipeline_command(manifest: str, out: str, method: str = "corx", server: str | None = None,
                      protocol: str = "http", refine: int = 0, checkpoint: str | None = None,
                      random_init: bool = False, point: object = None, overwrite: bool = False,
-                     radiobiology: str | None = None) -> PipelineResult:
+                     radiobiology: str | None = None, dose: str = DEFAULT_DOSE_MODE) -> PipelineResult:
     """The `corx pipeline` command line."""
     return run_pipeline(manifest, out, method=method, server=server, protocol=protocol, refine=refine,
                         overwrite=overwrite, checkpoint=checkpoint, random_init=random_init, point=point,
-                        radiobiology=radiobiology)
+                        radiobiology=radiobiology, dose_mode=dose)
