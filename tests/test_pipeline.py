@@ -156,8 +156,8 @@ def test_every_output_lies_on_the_reference_spect_grid(shifted_external: tuple[P
     ref = _ref_spect(external)
     images = sorted(out.rglob("*.nii.gz"))
     ids = [t["id"] for t in _manifest(external)["timepoints"]]
-    expected = {"tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "dose_led.nii.gz", "bed.nii.gz",
-                "tia_model.nii.gz", "tia_multimodel.nii.gz", "registered/labels_ref.nii.gz"}
+    expected = {"tia.nii.gz", "tia_rmse.nii.gz", "tia_sd.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "dose_led.nii.gz",
+                "bed.nii.gz", "tia_model.nii.gz", "tia_multimodel.nii.gz", "registered/labels_ref.nii.gz"}
     for tid in ids:
         expected |= {f"registered/ct_{tid}.nii.gz", f"registered/spect_{tid}.nii.gz", f"fields/field_{tid}.nii.gz",
                      f"fields/field_itk_{tid}.nii.gz", f"fields/jacobian_{tid}.nii.gz"}

@@ -42,6 +42,8 @@ class Manifest:
     labels: Path | None = None
     #: single time point only: prior effective half-life (h) per VOI name, used instead of Hänscheid's T_eff = t
     prior_half_life_h: dict[str, float] = field(default_factory=dict)
+    #: relative standard uncertainty (%) of the SPECT calibration factor, for the VOI uncertainty (corx.uncertainty)
+    calibration_sd_percent: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,9 +107,14 @@ def load_manifest(path: str | Path, check_images: bool = True) -> Manifest:
         labels = (base / raw["labels"]).resolve()
 
     priors = _parse_priors(raw.get(PRIOR_KEY), len(timepoints), labels, where)
+    calibration_sd = raw.get(CALIBRATION_SD_KEY, 0.0)
+    if isinstance(calibration_sd, bool) or not isinstance(calibration_sd, (int, float)) or not (
+            math.isfinite(calibration_sd) and 0 <= calibration_sd < 100):
+        raise CorxError(f"{where}: '{CALIBRATION_SD_KEY}' must be a number of percent in [0, 100), "
+                        f"got {calibration_sd!r}")
     manifest = Manifest(path=path.resolve(), patient_id=patient_id, radionuclide=radionuclide,
                         injected_activity_mbq=injected, reference=reference, timepoints=tuple(timepoints),
-                        labels=labels, prior_half_life_h=priors,
+                        labels=labels, prior_half_life_h=priors, calibration_sd_percent=float(calibration_sd),
                         extra={k: v for k, v in raw.items() if k not in _KNOWN_KEYS})
     if check_images:
         validate_images(manifest)
@@ -115,7 +122,9 @@ def load_manifest(path: str | Path, check_images: bool = True) -> Manifest:
 
 
 PRIOR_KEY = "prior_effective_half_life_h"
-_KNOWN_KEYS = {"patient_id", "radionuclide", "injected_activity_mbq", "reference", "timepoints", "labels", PRIOR_KEY}
+CALIBRATION_SD_KEY = "calibration_uncertainty_percent"
+_KNOWN_KEYS = {"patient_id", "radionuclide", "injected_activity_mbq", "reference", "timepoints", "labels", PRIOR_KEY,
+               CALIBRATION_SD_KEY}
 
 
 def _parse_priors(value: Any, n_timepoints: int, labels: Path | None, where: str) -> dict[str, float]:

@@ -94,6 +94,7 @@ class CurveTia:
     a0: np.ndarray           # Bq/mL, fitted intercept at t=0, NaN where not fitted
     tia_monoexp: np.ndarray  # Bq*h/mL, mono-exponential integral (NaN where not applicable)
     tia_trapezoid: np.ndarray  # Bq*h/mL, trapezoid from 0 plus physical tail
+    tia_sd: np.ndarray | None = None  # Bq*h/mL, standard deviation of ``tia`` from the fit (NaN where none)
 
 
 @dataclass
@@ -107,6 +108,8 @@ class TiaResult:
     voxel_volume_ml: float
     hours: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    #: float32, MBq*h/mL: standard deviation of the TIA from the fit (rule 1 with >= 3 samples), NaN elsewhere
+    tia_sd_mbqh_per_ml: np.ndarray | None = None
 
     @property
     def tia_mbqh(self) -> np.ndarray:
@@ -259,6 +262,40 @@ def fit_monoexp(curves: np.ndarray, hours: np.ndarray, n_iter: int = DEFAULT_GN_
     return a * safe, lam / np.float32(tmax), sse * safe64 * safe64, ok
 
 
+def monoexp_tia_sd(a0: np.ndarray, lam: np.ndarray, sse: np.ndarray, hours: np.ndarray,
+                   head: str = "exponential") -> np.ndarray:
+    """Standard deviation of the mono-exponential TIA from the fit's covariance (float64, NaN with < 3 samples).
+
+    Gauss-Newton / least-squares covariance of (A0, lambda): C = s^2 (J^T J)^-1 with J the Jacobian of the model
+    at the solution and s^2 = SSE / (n - 2) the residual variance; Var(TIA) = g^T C g with g the gradient of the
+    TIA (A0 / lambda, or the linear-head form) with respect to (A0, lambda). It is the fit (statistical) part of
+    the uncertainty only: calibration and volume are combined per VOI (corx.uncertainty).
+    """
+    t = np.asarray(hours, dtype=np.float64)[:, None]
+    a = np.asarray(a0, dtype=np.float64)
+    k = np.asarray(lam, dtype=np.float64)
+    n = t.shape[0]
+    if n < 3:
+        return np.full(a.shape, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        e2 = np.exp(-2.0 * k * t)
+        h11 = e2.sum(axis=0)
+        h12 = -a * (t * e2).sum(axis=0)
+        h22 = a * a * (t * t * e2).sum(axis=0)
+        det = h11 * h22 - h12 * h12
+        s2 = np.asarray(sse, dtype=np.float64) / (n - 2)
+        if head == "exponential":
+            g1, g2 = 1.0 / k, -a / (k * k)
+        else:  # a1 (t1 / 2 + 1 / lambda) with a1 = A0 exp(-lambda t1)
+            t1 = float(t[0, 0])
+            e1 = np.exp(-k * t1)
+            tail = 0.5 * t1 + 1.0 / k
+            g1 = e1 * tail
+            g2 = -t1 * a * e1 * tail - a * e1 / (k * k)
+        var = s2 / det * (g1 * g1 * h22 - 2.0 * g1 * g2 * h12 + g2 * g2 * h11)
+    return np.where(np.isfinite(var) & (det > 0), np.sqrt(np.maximum(var, 0.0)), np.nan)
+
+
 def single_time_point_tia(curves: np.ndarray, hours: np.ndarray, prior_half_life_h: np.ndarray | None = None, *,
                           lambda_phys: float = LU177_LAMBDA_PER_H, min_activity: float = 0.0) -> CurveTia:
     """TIA of one-sample curves (1, N): Hänscheid where ``prior_half_life_h`` (N,) is NaN or absent, else the
@@ -342,9 +379,12 @@ def tia_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, *,
     tia = np.where(use_mono, mono, trap).astype(np.float32)
     rmse = np.where(ok, fit_rmse, np.float32(0.0)).astype(np.float32)
     nan = np.float32(np.nan)
+    sd = np.full(tia.shape, nan, np.float32)
+    if use_mono.any():
+        sd[use_mono] = monoexp_tia_sd(a0[use_mono], lam[use_mono], sse[use_mono], h, head)
     return CurveTia(tia=tia, rule=rule, rmse=rmse, lambda_eff=np.where(ok, lam, nan).astype(np.float32),
                     a0=np.where(ok, a0, nan).astype(np.float32),
-                    tia_monoexp=np.where(fast, mono, nan).astype(np.float32), tia_trapezoid=trap)
+                    tia_monoexp=np.where(fast, mono, nan).astype(np.float32), tia_trapezoid=trap, tia_sd=sd)
 
 
 # ------------------------------------------------------------------------------------------------- volumes
@@ -410,6 +450,7 @@ def compute_tia(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel
     rmse = np.empty(n, np.float32)
     rule = np.empty(n, np.uint8)
     lam = np.empty(n, np.float32)
+    sd = np.empty(n, np.float32)
 
     def work(s: slice) -> None:
         res = tia_from_curves(flat[:, s], h, lambda_phys=lambda_phys, max_tia_ratio=max_tia_ratio,
@@ -419,6 +460,7 @@ def compute_tia(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel
         rmse[s] = res.rmse
         rule[s] = res.rule
         lam[s] = res.lambda_eff
+        sd[s] = (res.tia_sd if res.tia_sd is not None else np.float32(np.nan)) * np.float32(1e-6)
 
     map_chunks(work, n, threads=threads)
     params = {"lambda_phys_per_h": lambda_phys, "max_tia_ratio": max_tia_ratio, "min_activity_bq_per_ml":
@@ -428,4 +470,5 @@ def compute_tia(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel
         params["single_time_point"] = "prior half-life where given, else Hänscheid" if given else "Hänscheid"
     return TiaResult(tia_mbqh_per_ml=tia.reshape(spatial), rmse_bq_per_ml=rmse.reshape(spatial),
                      rule=rule.reshape(spatial), lambda_eff_per_h=lam.reshape(spatial),
-                     voxel_volume_ml=float(voxel_volume_ml), hours=h, params=params)
+                     voxel_volume_ml=float(voxel_volume_ml), hours=h, params=params,
+                     tia_sd_mbqh_per_ml=sd.reshape(spatial))

@@ -5,6 +5,8 @@ Outputs in DIR (all images on the reference SPECT grid with its affine):
 =========================  ===========================================================================
 tia.nii.gz                 eq.-6 TIA, MBq*h/mL (float32)
 tia_rmse.nii.gz            mono-exponential fit RMSE, Bq/mL (float32)
+tia_sd.nii.gz              standard deviation of the TIA from the fit's covariance, MBq*h/mL (float32; NaN where
+                           the voxel was not integrated by its mono-exponential fit or with < 3 time points)
 tia_rule.nii.gz            uint8 rule codes: 0 background, 1 mono-exp, 2 trapezoid (lambda_eff <= lambda_phys),
                            3 trapezoid (fit failed), 4 trapezoid (mono-exp TIA excessive); see corx.tia
 dose.nii.gz                absorbed dose, Gy (float32), by --dose: 'dvk' (default, 177Lu kernel convolution with
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from .bed import BedResult, bed_map, load_radiobiology, voi_bed_columns
 from .dose import DoseResult, cumulative_dvh, dose_from_ct, parse_dose_mode
@@ -40,11 +43,12 @@ from .imageio import atomic_path, load_image, read_array, save_image, save_json
 from .kinetics_models import MultiModelResult, compute_tia_multimodel
 from .manifest import Manifest, load_manifest
 from .tia import RULE_SHORT, TiaResult, clip_small_negatives, compute_tia
+from .uncertainty import voi_uncertainty_columns
 from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, voi_value_map, write_voi_csv
 
 AFFINE_TOLERANCE_MM = 1e-3
 DEFAULT_DOSE_MODE = "dvk"
-OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "dose_led.nii.gz",
+OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_sd.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "dose_led.nii.gz",
                 "dose_dvk.nii.gz", "bed.nii.gz", "tia_model.nii.gz",
                 "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "tia_summary.json")
 
@@ -73,7 +77,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                       multimodel: bool | None = None, threads: int | None = None,
                       radiobiology: str | os.PathLike | None = None,
                       prior_half_life_h: dict[str, float] | None = None, dose_mode: str = DEFAULT_DOSE_MODE,
-                      **tia_options: Any) -> TiaOutputs:
+                      calibration_sd_percent: float = 0.0, **tia_options: Any) -> TiaOutputs:
     """The whole `corx tia` computation on registered arrays.
 
     Args:
@@ -89,6 +93,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         prior_half_life_h: single time point: {VOI name: prior effective half-life, h} (needs ``labels``);
             elsewhere Hänscheid's T_eff = t.
         dose_mode: which dose is ``dose`` ('dvk' or 'led'); the other is computed too, for comparison.
+        calibration_sd_percent: relative SD of the calibration factor, for the VOI uncertainty columns.
         tia_options: passed to corx.tia.compute_tia (max_tia_ratio, head, min_activity, ...).
     """
     times: dict[str, float] = {}
@@ -123,6 +128,10 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                                  multimodel_tia_mbqh_per_ml=(out.multimodel.tia_mbqh_per_ml
                                                              if out.multimodel else None),
                                  prior_half_life_h=prior_half_life_h)
+        voxel_mm = voxel_sizes(np.asarray(affine, float))
+        for row, voi in zip(out.voi_rows, vois or (), strict=True):
+            row.update(voi_uncertainty_columns(row["tia_fit_sd_percent"], np.isin(labels, voi.labels), voxel_mm,
+                                               calibration_sd_percent))
         if out.dose is not None:
             for row, voi in zip(out.voi_rows, vois or (), strict=True):
                 mask = np.isin(labels, voi.labels)
@@ -226,6 +235,9 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
         save_image(result.tia.rmse_bq_per_ml, affine, out / "tia_rmse.nii.gz", overwrite, np.float32),
         save_image(result.tia.rule, affine, out / "tia_rule.nii.gz", overwrite, np.uint8),
     ]
+    if result.tia.tia_sd_mbqh_per_ml is not None:
+        written.append(save_image(result.tia.tia_sd_mbqh_per_ml, affine, out / "tia_sd.nii.gz", overwrite,
+                                  np.float32))
     if result.dose is not None:
         written.append(save_image(result.dose.dose_gy, affine, out / "dose.nii.gz", overwrite, np.float32))
         for mode, dose in sorted(result.dose.by_mode.items()):
@@ -292,7 +304,8 @@ def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, over
     result = run_tia_on_arrays(activity, m.hours, affine, ct=(ct_hu, ct_affine),
                                labels=labelled[0] if labelled else None, vois=labelled[1] if labelled else None,
                                names=names, threads=threads, radiobiology=radiobiology,
-                               prior_half_life_h=m.prior_half_life_h, dose_mode=dose_mode)
+                               prior_half_life_h=m.prior_half_life_h, dose_mode=dose_mode,
+                               calibration_sd_percent=m.calibration_sd_percent)
     extra = {"patient_id": m.patient_id, "manifest": str(m.path), "reference": m.reference,
              "timepoints": [tp.id for tp in m.timepoints], "reference_ct": str(ref.ct),
              "labels": str(m.labels) if m.labels else None, "warnings": input_warnings}

@@ -182,6 +182,8 @@ def voi_table(activity: np.ndarray, hours: Sequence[float] | np.ndarray, label_m
             "percent_difference": 100.0 * (tia_vox - tia_voi) / tia_voi if tia_voi > 0 else math.nan,
             "voi_rule": int(voi_fit.rule[i]), "voi_lambda_eff_per_h": float(voi_fit.lambda_eff[i]),
             "voi_fit_rmse_bq_per_ml": float(voi_fit.rmse[i]),
+            "tia_fit_sd_percent": (100.0 * float(voi_fit.tia_sd[i]) / float(voi_fit.tia[i])
+                                   if voi_fit.tia_sd is not None and voi_fit.tia[i] > 0 else math.nan),
             "mean_voxel_rmse_bq_per_ml": pick(rmse_sums, voi) / n_vox[i],
         }
         if mm_sums is not None and voi_mm is not None:

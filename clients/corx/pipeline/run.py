@@ -58,6 +58,7 @@ PROTOCOLS = ("http", "grpc")
 OUTPUTS: dict[str, str] = {
     "tia.nii.gz": "eq.-6 TIA, MBq*h/mL (as `corx tia`)",
     "tia_rmse.nii.gz": "mono-exponential fit RMSE, Bq/mL",
+    "tia_sd.nii.gz": "TIA standard deviation from the fit, MBq*h/mL (NaN where not fitted)",
     "tia_rule.nii.gz": "eq.-6 rule per voxel (uint8 codes, see corx.tia)",
     "dose.nii.gz": "absorbed dose, Gy, by --dose: 'dvk' kernel convolution (default) or 'led' local deposition "
                    "(mass from the reference CT)",
@@ -271,7 +272,7 @@ class _Run:
                                        labels=self.labels, vois=self.vois,
                                        names=[f"registered SPECT {t}" for t in ids], threads=threads,
                                        radiobiology=radiobiology, prior_half_life_h=self.m.prior_half_life_h,
-                                       dose_mode=dose_mode)
+                                       dose_mode=dose_mode, calibration_sd_percent=self.m.calibration_sd_percent)
             extra = {"patient_id": self.m.patient_id, "manifest": str(self.m.path), "reference": self.m.reference,
                      "timepoints": ids, "reference_ct": str(self.m.reference_timepoint.ct),
                      "labels": str(self.m.labels) if self.m.labels else None, "registered_by": "corx pipeline"}
