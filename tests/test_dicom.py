@@ -28,6 +28,8 @@ LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 STORED_MAX = 65000
 
 
+FRAME_UID = "1.2.3.4.5"
+
 # ------------------------------------------------------------------------------------------------- writers
 def _dataset(path: Path, sop_class: str, modality: str, series_uid: str) -> FileDataset:
     meta = FileMetaDataset()
@@ -38,6 +40,7 @@ def _dataset(path: Path, sop_class: str, modality: str, series_uid: str) -> File
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = modality, series_uid, "1.2.3.4"
     ds.PatientID, ds.PatientName = "P001", "Phantom^P001"
+    ds.FrameOfReferenceUID = FRAME_UID
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     return ds
@@ -200,6 +203,24 @@ def test_pipeline_on_dicom_matches_nifti(patient: Path, tmp_path: Path) -> None:
     ta = {r["voi"]: r for r in a.summary["truth"]}
     for row in b.summary["truth"]:
         assert row["error_vs_imaged_percent"] == pytest.approx(ta[row["voi"]]["error_vs_imaged_percent"], abs=0.5)
+    # DICOM out: the dose and the VOIs in the reference CT's study and frame of reference, on the dose grid
+    import pydicom
+
+    from corx.dicom_export import read_rtdose, read_seg
+
+    rd = pydicom.dcmread(str(b.out / "dose.dcm"))
+    assert (rd.Modality, rd.DoseUnits, rd.FrameOfReferenceUID, rd.StudyInstanceUID) == ("RTDOSE", "GY", FRAME_UID,
+                                                                                        "1.2.3.4")
+    dose_img = nib.load(str(b.out / "dose.nii.gz"))
+    dose, dose_affine = read_rtdose(b.out / "dose.dcm", like_affine=dose_img.affine)
+    np.testing.assert_allclose(dose_affine, dose_img.affine, atol=1e-3)
+    np.testing.assert_allclose(dose, np.asarray(dose_img.dataobj), rtol=0, atol=float(rd.DoseGridScaling))
+    assert pydicom.dcmread(str(b.out / "voi_seg.dcm")).FrameOfReferenceUID == FRAME_UID
+    masks, _ = read_seg(b.out / "voi_seg.dcm", like_affine=dose_img.affine)
+    labels = np.asarray(nib.load(str(b.out / "registered" / "labels_ref.nii.gz")).dataobj)
+    assert set(masks) >= {"kidneys", "liver"}
+    np.testing.assert_array_equal(masks["kidneys"], np.isin(labels, [6, 7]))
+    assert pydicom.dcmread(str(a.out / "dose.dcm")).FrameOfReferenceUID != FRAME_UID  # NIfTI input: a new UID
     # every output lies on the DICOM reference SPECT grid
     ref = read_volume(tmp_path / "dicom" / "spect_4h.dcm", "spect")
     for path in (b.out / "registered").glob("*.nii.gz"):

@@ -24,6 +24,7 @@ tia_summary.json           parameters, code tables, counts, VOI rows, timings
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import sys
@@ -42,6 +43,7 @@ from .errors import CorxError
 from .imageio import atomic_path, load_image, read_array, save_image, save_json
 from .kinetics_models import MultiModelResult, compute_tia_multimodel
 from .manifest import Manifest, load_manifest
+from .pipeline.dicom import study_uids
 from .tia import RULE_SHORT, TiaResult, clip_small_negatives, compute_tia
 from .uncertainty import voi_uncertainty_columns
 from .voi import Voi, default_vois, label_names_from_json, phantom_vois, voi_table, voi_value_map, write_voi_csv
@@ -50,7 +52,7 @@ AFFINE_TOLERANCE_MM = 1e-3
 DEFAULT_DOSE_MODE = "dvk"
 OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_sd.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "dose_led.nii.gz",
                 "dose_dvk.nii.gz", "bed.nii.gz", "tia_model.nii.gz",
-                "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "tia_summary.json")
+                "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "dose.dcm", "voi_seg.dcm", "tia_summary.json")
 
 
 @dataclass
@@ -64,6 +66,8 @@ class TiaOutputs:
     dvh: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # (dose bins Gy, {VOI: % volume >= dose})
     bed: BedResult | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    labels: np.ndarray | None = None  # the label map and VOIs of ``voi_rows`` (for the DICOM SEG)
+    vois: list[Voi] | None = None
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -105,7 +109,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
     tia = compute_tia(activity, hours, vv, names=names, threads=threads, prior_half_life_h=prior_map,
                       **tia_options)
     times["tia_monoexp"] = time.perf_counter() - t0
-    out = TiaOutputs(tia=tia, timings_s=times)
+    out = TiaOutputs(tia=tia, timings_s=times, labels=labels, vois=list(vois) if vois is not None else None)
     if multimodel is None:
         multimodel = len(hours) >= 4
     if multimodel:
@@ -227,9 +231,38 @@ def write_dvh_csv(bins: np.ndarray, curves: dict[str, np.ndarray], target: Path,
     return Path(target)
 
 
+def write_dicom_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, patient_id: str,
+                        uids: dict[str, str] | None = None, overwrite: bool = False) -> tuple[list[Path], str | None]:
+    """``dose.dcm`` (RT Dose, Gy) and ``voi_seg.dcm`` (DICOM SEG of the VOIs) on the TIA grid, in the study and
+    frame of reference of ``uids`` (the reference CT's, when it is DICOM; new UIDs otherwise). Returns (files,
+    None), or ([], the reason) when the `dicom` extra (pydicom, highdicom) is not installed."""
+    if result.dose is None and result.labels is None:
+        return [], None
+    if importlib.util.find_spec("pydicom") is None or importlib.util.find_spec("highdicom") is None:
+        return [], "DICOM outputs (dose.dcm, voi_seg.dcm) not written: install the extra, pip install 'corx[dicom]'"
+    from pydicom.uid import generate_uid
+
+    from .dicom_export import write_rtdose, write_seg
+
+    uids = uids or {}
+    study = uids.get("StudyInstanceUID") or generate_uid()
+    frame = uids.get("FrameOfReferenceUID") or generate_uid()
+    pid = uids.get("PatientID") or patient_id
+    written = []
+    if result.dose is not None:
+        written.append(write_rtdose(result.dose.dose_gy, affine, out / "dose.dcm", patient_id=pid,
+                                    frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite,
+                                    comment=f"177Lu absorbed dose ({result.dose.mode.upper()}, corx)"))
+    if result.labels is not None and result.vois:
+        written.append(write_seg(result.labels, affine, result.vois, out / "voi_seg.dcm", patient_id=pid,
+                                 frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
+    return written, None
+
+
 def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: bool = False,
-                  extra: dict[str, Any] | None = None) -> list[Path]:
-    """Write the maps, VOI table and summary into ``out`` (atomic, no clobbering without ``overwrite``)."""
+                  extra: dict[str, Any] | None = None, dicom_uids: dict[str, str] | None = None) -> list[Path]:
+    """Write the maps, VOI table, DICOM dose/SEG and summary into ``out`` (atomic, no clobbering without
+    ``overwrite``); ``dicom_uids`` see :func:`write_dicom_outputs`."""
     written = [
         save_image(result.tia.tia_mbqh_per_ml, affine, out / "tia.nii.gz", overwrite, np.float32),
         save_image(result.tia.rmse_bq_per_ml, affine, out / "tia_rmse.nii.gz", overwrite, np.float32),
@@ -254,8 +287,13 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
         written.append(write_voi_csv(result.voi_rows, out / "voi.csv", overwrite))
     if result.dvh is not None:
         written.append(write_dvh_csv(*result.dvh, out / "dvh.csv", overwrite))
+    dicom_files, dicom_note = write_dicom_outputs(result, affine, out, str((extra or {}).get("patient_id", "corx")),
+                                                  dicom_uids, overwrite)
+    written += dicom_files
     summary = {
         **(extra or {}),
+        "dicom": {"files": [p.name for p in dicom_files], "note": dicom_note,
+                  "frame_of_reference_from_reference_ct": bool((dicom_uids or {}).get("FrameOfReferenceUID"))},
         "voxel_volume_ml": result.tia.voxel_volume_ml,
         "hours": result.tia.hours,
         "tia": {**result.tia.params, "rule_counts": result.tia.rule_counts(),
@@ -309,7 +347,7 @@ def run_tia(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, over
     extra = {"patient_id": m.patient_id, "manifest": str(m.path), "reference": m.reference,
              "timepoints": [tp.id for tp in m.timepoints], "reference_ct": str(ref.ct),
              "labels": str(m.labels) if m.labels else None, "warnings": input_warnings}
-    written = write_outputs(result, affine, out, overwrite=overwrite, extra=extra)
+    written = write_outputs(result, affine, out, overwrite=overwrite, extra=extra, dicom_uids=study_uids(ref.ct))
     if not quiet:
         _print_summary(m, result, out, written)
     return result

@@ -181,6 +181,17 @@ def ct_series_geometry(folder: str | os.PathLike) -> tuple[tuple[int, int, int],
     return shape, affine
 
 
+def study_uids(path: str | os.PathLike) -> dict[str, str]:
+    """FrameOfReferenceUID, StudyInstanceUID and PatientID of a DICOM CT series folder or NM file (headers
+    only; keys with no value are left out); {} for a NIfTI path."""
+    path = Path(path)
+    if not is_dicom_path(path):
+        return {}
+    ds = _read_series(path, pixels=False)[0][1] if path.is_dir() else _read_nm(path, pixels=False)
+    keys = ("FrameOfReferenceUID", "StudyInstanceUID", "PatientID")
+    return {k: str(getattr(ds, k)) for k in keys if str(getattr(ds, k, "") or "")}
+
+
 def read_ct_series(folder: str | os.PathLike) -> DicomVolume:
     """A CT series folder as HU (float32, (column, row, slice)) with its RAS affine."""
     folder = Path(folder)

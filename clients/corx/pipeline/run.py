@@ -40,6 +40,7 @@ from ..tia_command import (
 from ..tia_command import OUTPUT_NAMES as TIA_OUTPUT_NAMES
 from ..voi import Voi, default_vois, label_names_from_json, phantom_vois
 from ..warp import field_to_nifti
+from .dicom import study_uids
 from .figures import FigureData, render_all
 from .hotspot import hot_spot, parse_point
 from .inputs import labels_on_grid, read_volume
@@ -68,6 +69,9 @@ OUTPUTS: dict[str, str] = {
     "tia_multimodel.nii.gz": "(>= 4 time points) multi-model TIA, MBq*h/mL",
     "voi.csv": "(labels given) VOI table: VOI TIA vs voxel sum, dose metrics",
     "tia_summary.json": "TIA parameters, rule counts, VOI rows (as `corx tia`)",
+    "dose.dcm": "(dicom extra installed) RT Dose of dose.nii.gz, Gy, DoseGridScaling; the reference CT's study and "
+                "frame of reference when it is DICOM",
+    "voi_seg.dcm": "(dicom extra, labels given) DICOM Segmentation of the VOIs",
     "registered/ct_<id>.nii.gz": "registered CT, HU (int16; -1000 outside the CT's field of view)",
     "registered/spect_<id>.nii.gz": "registered SPECT, Bq/mL (float32)",
     "registered/patient.json": "manifest of the registered images (input for `corx tia`)",
@@ -276,7 +280,8 @@ class _Run:
             extra = {"patient_id": self.m.patient_id, "manifest": str(self.m.path), "reference": self.m.reference,
                      "timepoints": ids, "reference_ct": str(self.m.reference_timepoint.ct),
                      "labels": str(self.m.labels) if self.m.labels else None, "registered_by": "corx pipeline"}
-            for path in write_outputs(result, self.affine, self.staging.root, extra=extra):
+            for path in write_outputs(result, self.affine, self.staging.root, extra=extra,
+                                      dicom_uids=study_uids(self.m.reference_timepoint.ct)):
                 self.staging.adopt(path.name)
         return result
 
