@@ -32,9 +32,11 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: weights
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	BUILD_PYTHON=$(BIN)/python PYTHON=$(PYTHON) bash tests/wheel_check.sh
 	$(BIN)/python -m pytest -q
 

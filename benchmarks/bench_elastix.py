@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_elastix.py [--downsample 1] [--iterations 1000] [
        [--variants ct,spect] [--threads 0] [--keep DIR]
 
 Generates one internal phantom patient (4 h reference, 24 h moving) at the given downsample, registers the pair
-with :func:`corx.evaluation.elastix.elastix_register_pair` on the network grid (128/D voxels) and prints the wall
+with :func:`corx.registration.elastix.elastix_register_pair` on the network grid (128/D voxels) and prints the wall
 time, the number of B-spline parameters, the normalised-CT L1 and the SPECT field error in the body (mm) for
 identity and each variant, with the load average (the machine is shared: compare timings only at similar load).
 The defaults are the paper's setting (1000 iterations per resolution) at full size; nothing is asserted.
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from corx.evaluation.cohort import network_geometry
-from corx.evaluation.elastix import ElastixSettings, elastix_field
 from corx.evaluation.ground_truth import error_stats, load_pair_truth, regions_of, resample_field
-from corx.preprocess import PreprocessConfig, preprocess_pair
-from corx.warp import warp_image
+from corx.geometry.warp import warp_image
+from corx.registration.elastix import ElastixSettings, elastix_field
+from corx.registration.preprocess import PreprocessConfig, preprocess_pair
 from corx_bundle.scripts.phantom import generate_patient
 
 

@@ -35,8 +35,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the timings to this JSON file")
     args = parser.parse_args()
 
-    from corx.backends import DEFAULT_CHECKPOINT, TorchBackend
     from corx.pipeline.run import run_pipeline
+    from corx.registration.backends import DEFAULT_CHECKPOINT, TorchBackend
     from corx_bundle.scripts.phantom import generate_patient
 
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:

@@ -32,8 +32,8 @@ SERVED = ("http", "grpc", "http+shm", "grpc+shm", "http@bf16", "grpc+shm@bf16")
 
 
 def _backend(mode: str, repo: str, url: str):
-    from corx.backends import OnnxRuntimeBackend, TorchBackend
-    from corx.triton_client import TritonBackend
+    from corx.registration.backends import OnnxRuntimeBackend, TorchBackend
+    from corx.registration.triton_client import TritonBackend
 
     if mode in ("eager", "bf16", "bf16-contiguous"):
         return TorchBackend(random_init=True, precision="fp32" if mode == "eager" else "bf16",
@@ -174,7 +174,7 @@ def main() -> None:
             _export(repo, args.size)
         servers: dict[str, Any] = {}  # "onnx" / "bf16" -> TritonServer
         for kind in {("bf16" if m.endswith("@bf16") else "onnx") for m in modes if m in SERVED}:
-            from corx.serve import TritonServer, free_port
+            from corx.serving.server import TritonServer, free_port
 
             served_repo = _bf16_repo(repo, Path(tmp) / "repo_bf16", args.size) if kind == "bf16" else repo
             servers[kind] = stack.enter_context(TritonServer(served_repo, free_port(), free_port(), exit_timeout=2))

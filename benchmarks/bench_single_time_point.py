@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_single_time_point.py [--data DIR] [--patients N] 
 
 Organ-based (VOI) TIA, so that no registration enters: at each time point the VOI is drawn on that time
 point's own SPECT frame (the phantom's truth/labels_<id>.nii.gz, as a clinic segments each CT), its activity
-is mean concentration x volume. The multi-time-point TIA is eq. 6 on those VOI curves (corx.tia); the
+is mean concentration x volume. The multi-time-point TIA is eq. 6 on those VOI curves (corx.dosimetry.tia); the
 single-time-point TIAs use one sample: Hänscheid (T_eff = t) and the prior-half-life method with, per VOI
 class, the median effective half-life (at most the physical one) of the multi-time-point fits of the *other*
 patients (leave one out).
@@ -25,9 +25,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from corx.manifest import load_manifest
-from corx.physics import LU177_HALF_LIFE_H, LU177_LAMBDA_PER_H
-from corx.tia import tia_from_curves
+from corx.dosimetry.physics import LU177_HALF_LIFE_H, LU177_LAMBDA_PER_H
+from corx.dosimetry.tia import tia_from_curves
+from corx.io.manifest import load_manifest
 
 VOI_CLASSES = ("kidneys", "liver", "spleen", "tumour")
 

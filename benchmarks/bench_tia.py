@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from corx.dose import dose_from_ct
-from corx.kinetics_models import compute_tia_multimodel
-from corx.physics import LU177_LAMBDA_PER_H
-from corx.tia import compute_tia
+from corx.dosimetry.dose import dose_from_ct
+from corx.dosimetry.kinetics_models import compute_tia_multimodel
+from corx.dosimetry.physics import LU177_LAMBDA_PER_H
+from corx.dosimetry.tia import compute_tia
 
 HOURS = np.array([4.0, 24.0, 48.0, 120.0])
 
@@ -75,9 +75,9 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.manifest:
-        from corx.imageio import read_array
-        from corx.manifest import load_manifest
-        from corx.tia_command import load_aligned_spects
+        from corx.dosimetry.command import load_aligned_spects
+        from corx.io.imageio import read_array
+        from corx.io.manifest import load_manifest
 
         m = load_manifest(args.manifest)
         act, aff, _ = load_aligned_spects(m)

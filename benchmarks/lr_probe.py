@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corx.preprocess import PreprocessConfig, preprocess_pair
+from corx.registration.preprocess import PreprocessConfig, preprocess_pair
 from corx_bundle.scripts.losses import HybridRegistrationLoss
 from corx_bundle.scripts.network import build_network
 from corx_bundle.scripts.phantom import generate_patient

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corx.bed import bed_gy, bed_map, effective_half_life_h, eqd2_gy, load_radiobiology, tissue_of
+from corx.dosimetry.bed import bed_gy, bed_map, effective_half_life_h, eqd2_gy, load_radiobiology, tissue_of
+from corx.dosimetry.physics import LU177_HALF_LIFE_H
+from corx.dosimetry.voi import Voi
 from corx.errors import CorxError
-from corx.physics import LU177_HALF_LIFE_H
-from corx.voi import Voi
 
 
 def test_bed_formula_by_hand() -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from corx.errors import CorxError
-from corx.manifest import load_manifest
-from corx.pipeline.inputs import read_volume
+from corx.io.inputs import read_volume
+from corx.io.manifest import load_manifest
 from corx.pipeline.run import run_pipeline
 
 pydicom = pytest.importorskip("pydicom")
@@ -206,7 +206,7 @@ def test_pipeline_on_dicom_matches_nifti(patient: Path, tmp_path: Path) -> None:
     # DICOM out: the dose and the VOIs in the reference CT's study and frame of reference, on the dose grid
     import pydicom
 
-    from corx.dicom_export import read_rtdose, read_seg
+    from corx.io.dicom_export import read_rtdose, read_seg
 
     rd = pydicom.dcmread(str(b.out / "dose.dcm"))
     assert (rd.Modality, rd.DoseUnits, rd.FrameOfReferenceUID, rd.StudyInstanceUID) == ("RTDOSE", "GY", FRAME_UID,

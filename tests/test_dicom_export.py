@@ -1,4 +1,4 @@
-"""DICOM out: RT Dose and Segmentation written by corx.dicom_export and read back with the same voxels and geometry
+"""DICOM out: RT Dose and Segmentation written by corx.io.dicom_export and read back with the same voxels and geometry
 (axis-aligned RAS, LAS and oblique/permuted grids), tags, overwrite refusal and the missing-library message."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corx import dicom_export
-from corx.dicom_export import read_rtdose, read_seg, segment_codes, write_rtdose, write_seg
+from corx.dosimetry.voi import Voi
 from corx.errors import CorxError
-from corx.voi import Voi
+from corx.io import dicom_export
+from corx.io.dicom_export import read_rtdose, read_seg, segment_codes, write_rtdose, write_seg
 
 pydicom = pytest.importorskip("pydicom")  # the 'dicom' and 'dev' extras install pydicom and highdicom
 

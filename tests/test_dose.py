@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corx.dose import body_mask, cumulative_dvh, density_on_grid, dose_from_ct, dose_from_tia, dvh_metrics
+from corx.dosimetry.dose import body_mask, cumulative_dvh, density_on_grid, dose_from_ct, dose_from_tia, dvh_metrics
+from corx.dosimetry.physics import DOSE_GY_G_PER_MBQH, SCHNEIDER_DENSITY, SCHNEIDER_HU, hu_to_density
 from corx.errors import CorxError
-from corx.physics import DOSE_GY_G_PER_MBQH, SCHNEIDER_DENSITY, SCHNEIDER_HU, hu_to_density
 
 
 def test_led_constant_from_mean_electron_energy() -> None:

@@ -1,4 +1,4 @@
-"""177Lu dose voxel kernel (corx.dose_kernel) and kernel-convolution dose (corx.dose, mode 'dvk')."""
+"""177Lu dose voxel kernel (corx.dosimetry.dose_kernel) and kernel-convolution dose (corx.dosimetry.dose, "dvk")."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from scipy import integrate
 
 from corx.cli import main
-from corx.dose import dose_from_ct, dose_from_tia, dvk_water_dose, parse_dose_mode
-from corx.dose_kernel import (
+from corx.dosimetry.dose import dose_from_ct, dose_from_tia, dvk_water_dose, parse_dose_mode
+from corx.dosimetry.dose_kernel import (
     LANCONELLI_2012,
     LU177_BETA_MEAN_MEV,
     MGY_PER_MEV_PER_G,
@@ -24,8 +24,8 @@ from corx.dose_kernel import (
     photon_emitted_mev,
     photon_point_kernel,
 )
+from corx.dosimetry.physics import DOSE_GY_G_PER_MBQH, LU177_ELECTRON_MEV
 from corx.errors import CorxError
-from corx.physics import DOSE_GY_G_PER_MBQH, LU177_ELECTRON_MEV
 
 NEIGHBOUR_TOLERANCE = 0.25
 CENTRE_TOLERANCE = 0.10

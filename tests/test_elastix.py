@@ -12,10 +12,10 @@ from scipy import ndimage
 itk = pytest.importorskip("itk")
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")
 
-from corx.evaluation import elastix as E  # noqa: E402
-from corx.preprocess import PreprocessConfig, preprocess_pair  # noqa: E402
-from corx.register import Registration  # noqa: E402
-from corx.warp import warp_image  # noqa: E402
+from corx.geometry.warp import warp_image  # noqa: E402
+from corx.registration import elastix as E  # noqa: E402
+from corx.registration.preprocess import PreprocessConfig, preprocess_pair  # noqa: E402
+from corx.registration.register import Registration  # noqa: E402
 
 FAST = E.ElastixSettings(max_iterations=120, resolutions=2, grid_spacing_mm=30.0, spatial_samples=2048)
 

@@ -15,7 +15,7 @@ from scipy import ndimage
 from corx.evaluation import cache as C
 from corx.evaluation import ground_truth as G
 from corx.evaluation.cohort import network_geometry, order_pairs, pairs_from_datalist, planned_datalist
-from corx.preprocess import PreprocessConfig, preprocess_pair
+from corx.registration.preprocess import PreprocessConfig, preprocess_pair
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")
 
@@ -224,7 +224,7 @@ GT_HIGHER = ["dice_organs", "dice_kidneys", "dice_tumours"]
 
 def test_benchmark_sanity_cache_and_resume(cohort: Path, tmp_path: Path) -> None:
     from corx.evaluation.benchmark import run_benchmark
-    from corx.evaluation.elastix import ElastixSettings
+    from corx.registration.elastix import ElastixSettings
 
     fast = ElastixSettings(max_iterations=100, resolutions=2, grid_spacing_mm=30.0)
     methods = ["identity", "oracle", "elastix"]
@@ -305,8 +305,8 @@ def test_missing_weights_are_reported_untrained(tmp_path: Path) -> None:
 
 
 def test_elastix_cache_key_ignores_what_does_not_change_the_result() -> None:
-    from corx.evaluation.elastix import ElastixSettings
     from corx.evaluation.methods import ElastixMethod
+    from corx.registration.elastix import ElastixSettings
 
     a, b = ElastixSettings(spect_weight=0.1, threads=1), ElastixSettings(spect_weight=1.0, threads=2)
     assert ElastixMethod("ct", a).settings() == ElastixMethod("ct", b).settings()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from corx.errors import CorxError
-from corx.imageio import atomic_path, read_array, save_image
-from corx.resample import resample_to_grid
+from corx.geometry.resample import resample_to_grid
+from corx.io.imageio import atomic_path, read_array, save_image
 
 
 def test_save_keeps_affine_and_refuses_clobber(tmp_path: Path) -> None:

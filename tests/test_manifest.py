@@ -10,7 +10,7 @@ import pytest
 
 from conftest import write_nifti
 from corx.errors import CorxError
-from corx.manifest import load_manifest, overlap_fraction
+from corx.io.manifest import load_manifest, overlap_fraction
 
 
 def edit(path: Path, change) -> Path:

@@ -272,7 +272,7 @@ def test_group_norm_is_the_instance_norm_of_transmorph() -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_channels_last_backend_gives_the_same_field(precision: str) -> None:
-    from corx.backends import TorchBackend
+    from corx.registration.backends import TorchBackend
 
     pair = torch.rand(4, 32, 32, 64, generator=torch.Generator().manual_seed(3)).numpy()
     fields = [TorchBackend(random_init=True, embed_dim=12, precision=precision, channels_last=cl).infer(pair)

@@ -81,7 +81,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ---- layout ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["internal_cohort", "external_cohort"])
 def test_cohort_layout_manifests_and_datalist(which: str, request: pytest.FixtureRequest) -> None:
-    from corx.manifest import load_manifest
+    from corx.io.manifest import load_manifest
 
     cohort: Path = request.getfixturevalue(which)
     spec = COHORTS["internal" if which.startswith("internal") else "external"]

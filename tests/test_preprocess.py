@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from corx.errors import CorxError
-from corx.preprocess import PreprocessConfig, Volume, crop_or_pad, normalize_spect, preprocess_pair
+from corx.io.volume import Volume
+from corx.registration.preprocess import PreprocessConfig, crop_or_pad, normalize_spect, preprocess_pair
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 ROLES = ("fixed_ct", "moving_ct", "fixed_spect", "moving_spect")

@@ -64,7 +64,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(exported: dict):
-    from corx.backends import TorchBackend
+    from corx.registration.backends import TorchBackend
 
     backend = TorchBackend(exported["checkpoint"], embed_dim=EMBED)
     cache: dict[int, np.ndarray] = {}
@@ -79,7 +79,7 @@ def reference(exported: dict):
 
 @pytest.fixture(scope="module")
 def server(exported: dict):
-    from corx.serve import TritonServer, free_port
+    from corx.serving.server import TritonServer, free_port
 
     with TritonServer(exported["repo"], free_port(), free_port(), exit_timeout=2) as srv:
         yield srv
@@ -105,7 +105,7 @@ def test_export_is_checked_and_writes_configs_for_its_size(exported: dict) -> No
 
 
 def test_onnx_runtime_backend_integrates_like_in_process(exported: dict, reference) -> None:
-    from corx.backends import OnnxRuntimeBackend
+    from corx.registration.backends import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(exported["repo"] / "corxnet" / "1" / "model.onnx")
     assert backend.integration_steps == STEPS  # read from the ONNX model's metadata
@@ -138,7 +138,7 @@ def test_tensorrt_export_fails_clearly_without_gpu(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("protocol", "shm"), [("http", False), ("http", True), ("grpc", False), ("grpc", True)])
 def test_served_field_equals_in_process(server, reference, protocol: str, shm: bool) -> None:
-    from corx.triton_client import TritonBackend
+    from corx.registration.triton_client import TritonBackend
 
     url = server.http_url if protocol == "http" else server.grpc_url
     with TritonBackend(url, protocol=protocol, shared_memory=shm, timeout=60) as client:
@@ -153,7 +153,7 @@ def test_served_field_equals_in_process(server, reference, protocol: str, shm: b
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_eight_concurrent_clients_all_succeed(server, reference) -> None:
-    from corx.triton_client import TritonBackend
+    from corx.registration.triton_client import TritonBackend
 
     seeds = (0, 1)
     expected = {s: reference(s) for s in seeds}
@@ -185,7 +185,7 @@ def test_wrong_shape_or_dtype_is_refused_by_client_and_server(server) -> None:
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    from corx.triton_client import TritonBackend
+    from corx.registration.triton_client import TritonBackend
 
     with TritonBackend(server.http_url, timeout=60) as client:
         with pytest.raises(CorxError, match="must be float32, got float64"):
@@ -219,8 +219,8 @@ def test_wrong_shape_or_dtype_is_refused_by_client_and_server(server) -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_server_stopped_mid_run_gives_a_clear_error(exported: dict, protocol: str) -> None:
-    from corx.serve import TritonServer, free_port
-    from corx.triton_client import TritonBackend
+    from corx.registration.triton_client import TritonBackend
+    from corx.serving.server import TritonServer, free_port
 
     srv = TritonServer(exported["repo"], free_port(), free_port(), exit_timeout=1).start()
     url = srv.http_url if protocol == "http" else srv.grpc_url
@@ -252,8 +252,8 @@ def test_server_stopped_mid_run_gives_a_clear_error(exported: dict, protocol: st
 
 
 def test_unreachable_server_and_unexported_model_give_clear_errors(tmp_path: Path) -> None:
-    from corx.serve import TritonServer, free_port
-    from corx.triton_client import TritonBackend
+    from corx.registration.triton_client import TritonBackend
+    from corx.serving.server import TritonServer, free_port
 
     port = free_port()
     start = time.monotonic()
@@ -273,7 +273,7 @@ def test_unreachable_server_and_unexported_model_give_clear_errors(tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_cli_serve_starts_and_stops_cleanly_on_sigterm(exported: dict) -> None:
-    from corx.serve import free_port
+    from corx.serving.server import free_port
 
     http, grpc = free_port(), free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "corx"), "serve", "--repo", str(exported["repo"]),
@@ -292,7 +292,7 @@ def test_cli_serve_starts_and_stops_cleanly_on_sigterm(exported: dict) -> None:
     reader.start()
     try:
         assert ready.wait(90), "".join(lines[-20:])
-        from corx.triton_client import TritonBackend
+        from corx.registration.triton_client import TritonBackend
 
         with TritonBackend(f"127.0.0.1:{grpc}", protocol="grpc", retries=0) as client:
             assert client.input_shape == (4, SIZE, SIZE, SIZE)
@@ -307,10 +307,11 @@ def test_cli_serve_starts_and_stops_cleanly_on_sigterm(exported: dict) -> None:
 
 @pytest.mark.slow
 def test_register_pair_served_equals_in_process(server, exported: dict, tmp_path: Path) -> None:
-    from corx.backends import TorchBackend
-    from corx.preprocess import PreprocessConfig, Volume
-    from corx.register import register_pair
-    from corx.triton_client import TritonBackend
+    from corx.io.volume import Volume
+    from corx.registration.backends import TorchBackend
+    from corx.registration.preprocess import PreprocessConfig
+    from corx.registration.register import register_pair
+    from corx.registration.triton_client import TritonBackend
 
     rng = np.random.default_rng(3)
     from scipy import ndimage
@@ -339,10 +340,10 @@ def test_register_pair_served_equals_in_process(server, exported: dict, tmp_path
 
 def test_in_process_default_needs_weights_or_explicit_random_init(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import corx.backends
-    from corx.backends import TorchBackend
+    import corx.registration.backends
+    from corx.registration.backends import TorchBackend
 
-    monkeypatch.setattr(corx.backends, "DEFAULT_CHECKPOINT", tmp_path / "missing" / "model.pt")  # weights absent
+    monkeypatch.setattr(corx.registration.backends, "DEFAULT_CHECKPOINT", tmp_path / "missing" / "model.pt")  # absent
     with pytest.raises(CorxError, match="no trained weights"):
         TorchBackend()
     assert os.environ.get("CORX_NEVER_SET") is None  # the random-init path is opt-in only
@@ -353,9 +354,9 @@ def test_in_process_default_needs_weights_or_explicit_random_init(tmp_path: Path
 def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path: Path) -> None:
     import shutil
 
-    from corx.backends import TorchBackend
-    from corx.serve import TritonServer, free_port
-    from corx.triton_client import TritonBackend
+    from corx.registration.backends import TorchBackend
+    from corx.registration.triton_client import TritonBackend
+    from corx.serving.server import TritonServer, free_port
     from corx_bundle.scripts.export import write_repository
 
     repo = tmp_path / "repo"

@@ -13,8 +13,8 @@ import pytest
 from scipy.optimize import curve_fit
 
 from corx.cli import main
-from corx.errors import CorxError
-from corx.kinetics_models import (
+from corx.dosimetry.command import run_tia
+from corx.dosimetry.kinetics_models import (
     MODEL_BELOW_THRESHOLD,
     MODEL_BIEXP,
     MODEL_MONOEXP,
@@ -26,8 +26,8 @@ from corx.kinetics_models import (
     eligible_models,
     models_from_curves,
 )
-from corx.physics import LU177_HALF_LIFE_H, LU177_LAMBDA_PER_H
-from corx.tia import (
+from corx.dosimetry.physics import LU177_HALF_LIFE_H, LU177_LAMBDA_PER_H
+from corx.dosimetry.tia import (
     RULE_BACKGROUND,
     RULE_EXCESSIVE,
     RULE_FIT_FAILED,
@@ -35,15 +35,16 @@ from corx.tia import (
     RULE_MONOEXP,
     RULE_PRIOR_HALF_LIFE,
     RULE_SLOW,
-    clip_small_negatives,
     compute_tia,
     fit_monoexp,
     tia_from_curves,
     trapezoid_tail,
 )
-from corx.tia_command import run_tia, run_tia_on_arrays
-from corx.voi import Voi, label_names_from_json, phantom_vois, voi_table
-from corx.warp import field_from_nifti, field_to_nifti, warp_image
+from corx.dosimetry.voi import Voi, label_names_from_json, phantom_vois, voi_table
+from corx.dosimetry.workflow import run_tia_on_arrays
+from corx.errors import CorxError
+from corx.geometry.warp import field_from_nifti, field_to_nifti, warp_image
+from corx.io.activity import clip_small_negatives
 
 LP = LU177_LAMBDA_PER_H
 H4 = np.array([4.0, 24.0, 48.0, 120.0])

@@ -32,11 +32,11 @@ import numpy as np
 import pytest
 
 from corx.cli import main
-from corx.imageio import read_array, save_image
-from corx.manifest import Manifest, load_manifest
-from corx.tia import compute_tia, tia_from_curves
-from corx.voi import label_names_from_json, phantom_vois, voi_table
-from corx.warp import load_field, warp_image
+from corx.dosimetry.tia import compute_tia, tia_from_curves
+from corx.dosimetry.voi import label_names_from_json, phantom_vois, voi_table
+from corx.geometry.warp import load_field, warp_image
+from corx.io.imageio import read_array, save_image
+from corx.io.manifest import Manifest, load_manifest
 
 phantom = pytest.importorskip("corx_bundle.scripts.phantom", reason="phantom generator not available")
 

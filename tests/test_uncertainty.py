@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from corx.dosimetry.command import run_tia
+from corx.dosimetry.tia import monoexp_tia_sd, tia_from_curves
+from corx.dosimetry.uncertainty import combine_percent, surface_area_mm2, voi_uncertainty_columns, volume_sd_percent
 from corx.errors import CorxError
-from corx.tia import monoexp_tia_sd, tia_from_curves
-from corx.tia_command import run_tia
-from corx.uncertainty import combine_percent, surface_area_mm2, voi_uncertainty_columns, volume_sd_percent
 
 HOURS = np.array([4.0, 24.0, 48.0, 120.0])
 

@@ -1,4 +1,4 @@
-"""177Lu physical data, defined once for the bundle (phantom) and the client (``corx.physics``).
+"""177Lu physical data, defined once for the bundle (phantom) and the client (``corx.dosimetry.physics``).
 
 Source: ICRP Publication 107 (2008): half-life 6.647 d; mean energies emitted per decay.
 """

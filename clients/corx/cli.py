@@ -36,8 +36,8 @@ class Commands:
 
     def montage(self, manifest: str, out: str, overwrite: bool = False) -> None:
         """Write a PNG montage (coronal CT, SPECT and fused, one column per time point) of a patient."""
-        from .manifest import load_manifest
-        from .montage import write_montage
+        from .io.manifest import load_manifest
+        from .report.montage import write_montage
 
         target = write_montage(load_manifest(manifest), Path(out), overwrite=overwrite)
         print(f"wrote {target}")
@@ -51,7 +51,7 @@ class Commands:
             dose: 'dvk' (177Lu kernel convolution, density-scaled) or 'led' (local deposition) as dose.nii.gz;
                 the other is written as dose_led.nii.gz / dose_dvk.nii.gz.
         """
-        from .tia_command import run_tia
+        from .dosimetry.command import run_tia
 
         run_tia(manifest, out, overwrite=overwrite, radiobiology=radiobiology, dose_mode=dose)
 
@@ -64,7 +64,7 @@ class Commands:
             radius_mm: the kernel spans at least this distance from the source voxel along each axis (photons).
             overwrite: replace an existing OUT.
         """
-        from .dose_kernel import write_kernel
+        from .dosimetry.dose_kernel import write_kernel
 
         target, lines = write_kernel(out, voxel_mm, radius_mm=radius_mm, overwrite=overwrite)
         print("\n".join(lines))
@@ -113,14 +113,14 @@ class Commands:
             runtime: what the CPU model `corxnet` runs: 'onnxruntime' (float32, default) or 'torchscript-bf16'
                 (PyTorch, bfloat16 autocast, channels-last: the fastest CPU path).
         """
-        from .serving_commands import run_export
+        from .serving.commands import run_export
 
         run_export(checkpoint, random_init, repo, spatial_size, max_batch, torchscript, tensorrt, variant, runtime)
 
     def serve(self, repo: str | None = None, http_port: int = 8000, grpc_port: int = 8001,
               host: str = "127.0.0.1", timeout: float = 300.0, metrics_port: int | None = None) -> None:
         """Start a Triton server serving `corxnet` (ONNX model exported by `corx export`); Ctrl-C stops it."""
-        from .serving_commands import run_serve
+        from .serving.commands import run_serve
 
         run_serve(repo, http_port, grpc_port, host, timeout, metrics_port)
 
@@ -133,7 +133,7 @@ class Commands:
             backend: 'inprocess' (PyTorch, no server), 'onnx' (ONNX Runtime), 'http' or 'grpc' (Triton at --url).
             model: served model name ('corxnet'; 'corxnet_trt' or 'corxnet_ts' on an NGC GPU server).
         """
-        from .serving_commands import run_register
+        from .serving.commands import run_register
 
         run_register(manifest, out, backend, url, checkpoint, random_init, spatial_size, timeout, model, overwrite)
 
@@ -152,7 +152,7 @@ class Commands:
             limit: only the first K pairs (reference pairs first). Results are cached under OUT/cache.
         """
         from .evaluation.benchmark import parse_methods, run_benchmark
-        from .evaluation.elastix import ElastixSettings
+        from .registration.elastix import ElastixSettings
 
         elastix = ElastixSettings(max_iterations=elastix_iterations, grid_spacing_mm=elastix_grid_mm,
                                   resolutions=elastix_resolutions, spect_weight=elastix_spect_weight,

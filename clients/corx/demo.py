@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .backends import DEFAULT_CHECKPOINT
 from .errors import CorxError
 from .pipeline.run import PipelineResult, run_pipeline
+from .registration.backends import DEFAULT_CHECKPOINT
 
 DEMO_COHORT = "internal"
 DEMO_INDEX = 0

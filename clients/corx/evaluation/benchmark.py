@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorxError
-from ..imageio import atomic_path, save_json
-from ..preprocess import PreparedPair, PreprocessConfig, preprocess_pair
+from ..io.imageio import atomic_path, save_json
+from ..registration.elastix import ElastixSettings
+from ..registration.preprocess import PreparedPair, PreprocessConfig, preprocess_pair
 from .cache import ResultCache, file_digest, make_key
 from .cohort import Pair, cohort_name, network_geometry, prepare_cohort
-from .elastix import ElastixSettings
 from .ground_truth import ground_truth_metrics, load_pair_truth
 from .methods import Method, make_methods
 from .metrics import folding_percent, image_metrics

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..imageio import atomic_path
+from ..io.imageio import atomic_path
 
 FIELD_STEP = 1e-3  # voxels
 _HASHES: dict[tuple[str, int, int], str] = {}

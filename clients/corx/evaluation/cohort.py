@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorxError
-from ..imageio import save_json
+from ..io.imageio import save_json
 
 COHORTS: dict[str, str] = {"internal-val": "internal", "external": "external"}
 BASE_SIZE = 128

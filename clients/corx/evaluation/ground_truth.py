@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..imageio import read_array
-from ..warp import load_field, warp_image
+from ..geometry.warp import load_field, warp_image
+from ..io.imageio import read_array
 
 ORGANS: dict[str, tuple[int, ...]] = {"lungs": (3,), "liver": (4,), "spleen": (5,), "kidneys": (6, 7),
                                       "bladder": (8,), "bone": (9,)}

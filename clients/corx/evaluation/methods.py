@@ -1,14 +1,14 @@
 """The compared registration methods, one interface: ``field(prepared, pair) -> (field, info)`` on the network grid.
 
 - ``identity``: zero field (no registration);
-- ``elastix``: the paper's Elastix baseline (CT-driven B-spline, AMMI), see :mod:`corx.evaluation.elastix`;
+- ``elastix``: the paper's Elastix baseline (CT-driven B-spline, AMMI), see :mod:`corx.registration.elastix`;
 - ``elastix-spect``: Elastix multi-metric on CT and SPECT (not in the paper);
 - ``transmorph``, ``corx-nocs``, ``corx``: the bundle's networks (in-process PyTorch). Weights are read from
   bundle/models/transmorph/model.pt, bundle/models/corx_nocs/model.pt and bundle/models/model.pt; when a file is
   missing the network runs with freshly initialised weights (seeded), is reported as "untrained" and a warning
   says so (TransMorph's file is kept in git history: ``make weights`` restores it);
 - ``<network>+refine<N>`` (e.g. ``corx+refine50``): the network's field, then N Adam steps of the hybrid loss on
-  the pair (test-time instance optimisation, :func:`corx.pipeline.refine.refine_field`, as ``--refine N``);
+  the pair (test-time instance optimisation, :func:`corx.registration.refine.refine_field`, as ``--refine N``);
 - ``oracle`` (Python API only, tests): the phantom's true SPECT field, for reference pairs.
 
 ``seconds`` in ``info`` is the method's own work on one preprocessed pair (network forward; Elastix registration
@@ -28,10 +28,10 @@ import numpy as np
 from corx_bundle.scripts.locations import bundle_root
 
 from ..errors import CorxError
-from ..preprocess import PreparedPair
+from ..registration.elastix import ElastixSettings, elastix_field
+from ..registration.preprocess import PreparedPair
 from .cache import file_digest
 from .cohort import Pair
-from .elastix import ElastixSettings, elastix_field
 from .ground_truth import resample_field
 from .metrics import NETWORK_VARIANTS, parameter_count
 
@@ -122,7 +122,7 @@ class NetworkMethod:
         weights = file_digest(self.weights) if self.status == "trained" else f"untrained(seed={self.seed})"
         out: dict[str, Any] = {"variant": self.variant, "weights": weights}
         if self.refine_steps:
-            from ..pipeline.refine import DEFAULT_LR, DEFAULT_STRIDE
+            from ..registration.refine import DEFAULT_LR, DEFAULT_STRIDE
 
             out["refine"] = {"steps": self.refine_steps, "lr": DEFAULT_LR, "stride": DEFAULT_STRIDE}
         return out
@@ -132,7 +132,7 @@ class NetworkMethod:
 
     def backend(self) -> Any:
         if self._backend is None:
-            from ..backends import TorchBackend
+            from ..registration.backends import TorchBackend
 
             trained = self.status == "trained"
             self._backend = TorchBackend(self.weights if trained else None, random_init=not trained,
@@ -146,7 +146,7 @@ class NetworkMethod:
         network_seconds = time.perf_counter() - t0
         if not self.refine_steps:
             return u, {"seconds": network_seconds}
-        from ..pipeline.refine import refine_field
+        from ..registration.refine import refine_field
 
         refined = refine_field(prepared.image, u, self.refine_steps)
         total = time.perf_counter() - t0
@@ -167,7 +167,7 @@ class OracleMethod:
         return None
 
     def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]:
-        from ..warp import load_field
+        from ..geometry.warp import load_field
 
         if not pair.reference:
             raise CorxError(f"{pair.name}: the oracle needs a pair whose fixed image is the reference")

@@ -2,8 +2,8 @@
 
 For each method and each patient whose reference pairs were all registered, every time point's SPECT (Bq/mL) is
 warped to the reference on the network grid (the reference itself with a zero field, as ``corx register`` does),
-the voxel TIA is computed with :func:`corx.tia.compute_tia` (eq. 6) and compared per VOI (kidneys = labels 6 + 7;
-each tumour) with the true TIA blurred by the SPECT resolution (truth/tia_imaged.nii.gz, resampled with
+the voxel TIA is computed with :func:`corx.dosimetry.tia.compute_tia` (eq. 6) and compared per VOI (kidneys = labels
+6 + 7; each tumour) with the true TIA blurred by the SPECT resolution (truth/tia_imaged.nii.gz, resampled with
 labels_ref onto the network grid when the grids differ):
 
 - ``fit_rmse_bqml``: mean over the VOI's voxels of the mono-exponential fit RMSE (the paper's voxel-wise metric;
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ..imageio import read_array
-from ..preprocess import PreprocessConfig, preprocess_pair
-from ..resample import resample_to_grid
-from ..tia import compute_tia
-from ..warp import warp_image
+from ..dosimetry.tia import compute_tia
+from ..geometry.resample import resample_to_grid
+from ..geometry.warp import warp_image
+from ..io.imageio import read_array
+from ..registration.preprocess import PreprocessConfig, preprocess_pair
 from .ground_truth import KIDNEYS, same_grid, tumour_labels
 
 

@@ -22,14 +22,11 @@ from tqdm import tqdm
 from corx_bundle.scripts.fieldops import jacobian_determinant
 
 from .. import __version__
-from ..backends import DEFAULT_CHECKPOINT, Backend, make_backend
-from ..bed import load_radiobiology
-from ..dose import parse_dose_mode
-from ..errors import CorxError
-from ..manifest import Manifest, TimePoint, load_manifest
-from ..preprocess import PreprocessConfig, Volume, preprocess_pair
-from ..tia import compute_tia
-from ..tia_command import (
+from ..dosimetry.bed import load_radiobiology
+from ..dosimetry.dose import parse_dose_mode
+from ..dosimetry.tia import compute_tia
+from ..dosimetry.voi import Voi, default_vois, label_names_from_json, phantom_vois
+from ..dosimetry.workflow import (
     DEFAULT_DOSE_MODE,
     TiaOutputs,
     prior_half_life_map,
@@ -37,16 +34,26 @@ from ..tia_command import (
     voxel_volume_ml,
     write_outputs,
 )
-from ..tia_command import OUTPUT_NAMES as TIA_OUTPUT_NAMES
-from ..voi import Voi, default_vois, label_names_from_json, phantom_vois
-from ..warp import field_to_nifti
-from .dicom import study_uids
-from .figures import FigureData, render_all
-from .hotspot import hot_spot, parse_point
-from .inputs import labels_on_grid, read_volume
-from .methods import METHODS, ElastixMethod, GridField, IdentityMethod, Method, NetworkMethod
-from .outputs import CT_OUTSIDE_HU, itk_displacement_image, voxel_field, warp_to_reference, world_displacement
-from .report import render_report
+from ..dosimetry.workflow import OUTPUT_NAMES as TIA_OUTPUT_NAMES
+from ..errors import CorxError
+from ..geometry.displacement import (
+    CT_OUTSIDE_HU,
+    itk_displacement_image,
+    voxel_field,
+    warp_to_reference,
+    world_displacement,
+)
+from ..geometry.warp import field_to_nifti
+from ..io.dicom import study_uids
+from ..io.inputs import labels_on_grid, read_volume
+from ..io.manifest import Manifest, TimePoint, load_manifest
+from ..io.volume import Volume
+from ..registration.backends import DEFAULT_CHECKPOINT, Backend, make_backend
+from ..registration.methods import METHODS, ElastixMethod, GridField, IdentityMethod, Method, NetworkMethod
+from ..registration.preprocess import PreprocessConfig, preprocess_pair
+from ..report.figures import FigureData, render_all
+from ..report.hotspot import hot_spot, parse_point
+from ..report.html import render_report
 from .staging import COMPLETE, Staging, check_out_dir, remove_stale_partials
 from .steps import Steps
 from .truth import compare_with_truth, imaged_truth, truth_applies, truth_csv
@@ -60,7 +67,7 @@ OUTPUTS: dict[str, str] = {
     "tia.nii.gz": "eq.-6 TIA, MBq*h/mL (as `corx tia`)",
     "tia_rmse.nii.gz": "mono-exponential fit RMSE, Bq/mL",
     "tia_sd.nii.gz": "TIA standard deviation from the fit, MBq*h/mL (NaN where not fitted)",
-    "tia_rule.nii.gz": "eq.-6 rule per voxel (uint8 codes, see corx.tia)",
+    "tia_rule.nii.gz": "eq.-6 rule per voxel (uint8 codes, see corx.dosimetry.tia)",
     "dose.nii.gz": "absorbed dose, Gy, by --dose: 'dvk' kernel convolution (default) or 'led' local deposition "
                    "(mass from the reference CT)",
     "dose_led.nii.gz": "(--dose dvk) the LED dose, Gy, for comparison",
@@ -207,7 +214,7 @@ class _Run:
         refined = None
         if self.refine:
             with self.steps.step(f"refine {tp.id}", file=tp.spect):
-                from .refine import refine_field
+                from ..registration.refine import refine_field
 
                 prepared = gf.prepared or preprocess_pair(self.ref_ct, ct, self.ref_spect, spect, self.config)
                 if gf.field.shape[1:] != prepared.image.shape[1:] or not np.allclose(gf.affine, prepared.affine,
@@ -335,7 +342,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
                  dose_mode: str = DEFAULT_DOSE_MODE) -> PipelineResult:
     """Run the whole pipeline for one patient into ``out`` (see the module and README "Pipeline").
 
-    ``method`` is a name (:data:`corx.pipeline.methods.METHODS`) or a :class:`~corx.pipeline.methods.Method`
+    ``method`` is a name (:data:`corx.registration.methods.METHODS`) or a :class:`~corx.registration.methods.Method`
     object. ``backend`` (e.g. a small ``TorchBackend`` with a matching ``config``) replaces the one made from
     ``server``/``protocol``/``checkpoint``/``random_init``; ``random_init`` marks the run as untrained (warning in
     console and report). ``point`` "i,j,k" overrides the profile point. Raises CorxError naming the failed step
@@ -356,7 +363,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     reg, network, created = _make_method(method, server, protocol, refine, backend, checkpoint, random_init, cfg)
     t_load = time.perf_counter() - t_load
     method_name = method if isinstance(method, str) else reg.name
-    from .refine import DEFAULT_LR
+    from ..registration.refine import DEFAULT_LR
 
     lr = DEFAULT_LR if refine_lr is None else float(refine_lr)
     if not quiet:

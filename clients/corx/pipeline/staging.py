@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import CorxError
-from ..imageio import atomic_path, save_image, save_json
+from ..io.imageio import atomic_path, save_image, save_json
 
 COMPLETE = "COMPLETE"
 PARTIAL_PREFIX = ".partial-"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorxError
-from .inputs import array_on_grid
+from ..io.inputs import array_on_grid
 
 TRUTH_FILES = ("tia_voi.json", "tia_imaged.nii.gz")
 

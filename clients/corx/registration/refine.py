@@ -1,7 +1,7 @@
 """Test-time instance optimisation (``--refine N``): N Adam steps on the displacement field of one pair.
 
 The loss is the bundle's training loss (corx_bundle.scripts.losses.HybridRegistrationLoss: CT MSE + 0.1 SPECT
-LNCC + 8e-4 diffusion) on the network input (:attr:`corx.preprocess.PreparedPair.image`), starting from the
+LNCC + 8e-4 diffusion) on the network input (:attr:`corx.registration.preprocess.PreparedPair.image`), starting from the
 network's field. The optimised variable is a smooth correction added to that field: displacements on a control
 grid every ``stride`` network voxels (8: about 31 mm), upsampled trilinearly. Optimising every voxel's
 displacement instead lowers this weakly regularised loss further but moves away from the true field (measured on

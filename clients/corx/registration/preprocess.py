@@ -20,20 +20,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .errors import CorxError
-from .imageio import read_array
+from ..errors import CorxError
+from ..io.volume import Volume, load_volume
 
 AFFINE_TOL = 1e-3  # MONAI's tolerance: a spacing within it of the target is kept as it is
 SPECT_NORMALISATIONS = ("minmax", "log")
 ROLES = ("fixed_ct", "moving_ct", "fixed_spect", "moving_spect")
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A 3-D image and its voxel -> world (RAS mm) affine."""
-
-    data: np.ndarray
-    affine: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -81,16 +73,6 @@ class PreparedPair:
     moving_ct_hu: np.ndarray  # (X, Y, Z) float32, HU, on the network grid
     moving_spect_bqml: np.ndarray  # (X, Y, Z) float32, Bq/mL, on the network grid
     affine: np.ndarray  # (4, 4) affine of the network grid
-
-
-def load_volume(path: str | os.PathLike) -> Volume:
-    """Read a NIfTI file as a float32 :class:`Volume` (scaling applied)."""
-    data, affine = read_array(path, dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise CorxError(f"{path}: expected a 3-D image, got shape {data.shape}")
-    return Volume(data, affine)
 
 
 def as_volume(value: Volume | str | os.PathLike | tuple[np.ndarray, np.ndarray], role: str) -> Volume:

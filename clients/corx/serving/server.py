@@ -30,7 +30,7 @@ from types import FrameType
 
 from corx_bundle.scripts.locations import default_triton_repo
 
-from .errors import CorxError
+from ..errors import CorxError
 
 MODEL_NAME = "corxnet"
 REPO_DEFAULT = default_triton_repo()

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CorxError
 from .backends import displacement_from_output, parse_integration_steps
-from .errors import CorxError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 # connection-level failures and a model going away (server shutting down or restarting): retried, then reported
@@ -181,7 +181,7 @@ class TritonBackend:
             raise CorxError("pair contains NaN or infinite values")
         if batch.min() < -1e-3 or batch.max() > 1 + 1e-3:
             raise CorxError(f"pair values must lie in [0, 1] (got {batch.min():.3g}..{batch.max():.3g}): "
-                            "preprocess with corx.preprocess.preprocess_pair")
+                            "preprocess with corx.registration.preprocess.preprocess_pair")
         return np.ascontiguousarray(batch)
 
     # -- shared memory ------------------------------------------------------------------------------------------

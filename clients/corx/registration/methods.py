@@ -3,7 +3,7 @@
 - ``corx``: CoRX-NET on the preprocessed pair (any backend: in-process PyTorch, ONNX, Triton); the field lies
   on the network grid (the reference SPECT at the network spacing, cropped/padded to the network size).
 - ``identity``: no registration (a zero field on the reference SPECT grid); the baseline.
-- ``elastix`` / ``elastix-spect``: corx.evaluation.elastix (CT-driven / SPECT-driven), on the network grid.
+- ``elastix`` / ``elastix-spect``: corx.registration.elastix (CT-driven / SPECT-driven), on the network grid.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..backends import Backend
 from ..errors import CorxError
-from ..preprocess import PreparedPair, PreprocessConfig, Volume, preprocess_pair
-from ..register import check_backend_shape
+from ..io.volume import Volume
+from .backends import Backend
+from .preprocess import PreparedPair, PreprocessConfig, preprocess_pair
+from .register import check_backend_shape
 
 METHODS = ("corx", "identity", "elastix", "elastix-spect")
 
@@ -73,17 +74,17 @@ class IdentityMethod:
 
 
 def elastix_function() -> Any:
-    """corx.evaluation.elastix.elastix_register_pair, or a clear error while it does not exist."""
+    """corx.registration.elastix.elastix_register_pair, or a clear error while it does not exist."""
     try:
-        from ..evaluation.elastix import elastix_register_pair
+        from .elastix import elastix_register_pair
     except ImportError as exc:
-        raise CorxError(f"--method elastix needs corx.evaluation.elastix (elastix_register_pair), which is not "
+        raise CorxError(f"--method elastix needs corx.registration.elastix (elastix_register_pair), which is not "
                         f"available in this installation ({exc}); use --method corx or identity") from exc
     return elastix_register_pair
 
 
 class ElastixMethod:
-    """Elastix (itk-elastix) through corx.evaluation.elastix; ``variant`` "ct" or "spect"."""
+    """Elastix (itk-elastix) through corx.registration.elastix; ``variant`` "ct" or "spect"."""
 
     def __init__(self, variant: str, config: PreprocessConfig, max_iterations: int = 1000) -> None:
         self.register_pair = elastix_function()

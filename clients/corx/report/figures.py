@@ -109,7 +109,7 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, target: Path) -> None:
-    from ..imageio import atomic_path
+    from ..io.imageio import atomic_path
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, overwrite=True) as tmp:
@@ -338,7 +338,7 @@ def tia_figure(d: FigureData, target: Path) -> Path:
 
 def dvh_figure(d: FigureData, target: Path) -> Path:
     """Cumulative dose-volume histograms of the VOIs, with the 23 Gy kidney limit marked."""
-    from ..dose import KIDNEY_LIMIT_GY
+    from ..dosimetry.dose import KIDNEY_LIMIT_GY
 
     plt = _plt()
     assert d.dvh is not None

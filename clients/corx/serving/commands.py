@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import CorxError
+from ..errors import CorxError
 
 
 def as_bool(value: object, name: str) -> bool:
@@ -40,7 +40,7 @@ def run_export(checkpoint: str | None, random_init: bool, repo: str | None, spat
 def run_serve(repo: str | None, http_port: int, grpc_port: int, host: str, timeout: float,
               metrics_port: int | None) -> None:
     """Serve until Ctrl-C/SIGTERM."""
-    from .serve import REPO_DEFAULT, run_server
+    from .server import REPO_DEFAULT, run_server
 
     run_server(Path(repo) if repo else REPO_DEFAULT, http_port, grpc_port, host, timeout, metrics_port)
 
@@ -48,9 +48,9 @@ def run_serve(repo: str | None, http_port: int, grpc_port: int, host: str, timeo
 def run_register(manifest: str, out: str, backend: str, url: str | None, checkpoint: str | None,
                  random_init: bool, spatial_size: int | None, timeout: float, model: str, overwrite: bool) -> None:
     """Register a patient with the chosen backend."""
-    from .backends import make_backend
-    from .preprocess import PreprocessConfig
-    from .register import register_manifest
+    from ..registration.backends import make_backend
+    from ..registration.preprocess import PreprocessConfig
+    from ..registration.register import register_manifest
 
     random_init, overwrite = as_bool(random_init, "random_init"), as_bool(overwrite, "overwrite")
     if backend not in ("inprocess",) and (checkpoint or random_init):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorxError
+from ..errors import CorxError
 from .imageio import load_image
 
 SUPPORTED_RADIONUCLIDES = ("Lu-177",)
@@ -25,7 +25,7 @@ class TimePoint:
     hours: float
     ct: Path
     spect: Path
-    #: Bq per count of a DICOM SPECT in counts (see corx.pipeline.dicom); None for images in Bq/mL
+    #: Bq per count of a DICOM SPECT in counts (see corx.io.dicom); None for images in Bq/mL
     calibration_bq_per_count: float | None = None
 
 
@@ -42,7 +42,8 @@ class Manifest:
     labels: Path | None = None
     #: single time point only: prior effective half-life (h) per VOI name, used instead of Hänscheid's T_eff = t
     prior_half_life_h: dict[str, float] = field(default_factory=dict)
-    #: relative standard uncertainty (%) of the SPECT calibration factor, for the VOI uncertainty (corx.uncertainty)
+    #: relative standard uncertainty (%) of the SPECT calibration factor, for the VOI uncertainty
+    #: (corx.dosimetry.uncertainty)
     calibration_sd_percent: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -204,10 +205,10 @@ def overlap_fraction(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tu
 def validate_images(manifest: Manifest, min_overlap: float = 0.05) -> None:
     """Check that every image is a readable 3-D image and that each CT/SPECT pair overlaps in space.
 
-    Images are NIfTI files, or DICOM (a CT series folder, an NM file; see corx.pipeline.dicom), read from
-    their headers by corx.pipeline.inputs.
+    Images are NIfTI files, or DICOM (a CT series folder, an NM file; see corx.io.dicom), read from
+    their headers by corx.io.inputs.
     """
-    from .pipeline.inputs import image_geometry
+    from .inputs import image_geometry
 
     for tp in manifest.timepoints:
         ct = image_geometry(tp.ct, "ct")

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorxError
+from ..errors import CorxError
 from .physics import LU177_LAMBDA_PER_H
 
 RULE_BACKGROUND = 0
@@ -77,9 +77,6 @@ RULE_SHORT: dict[int, str] = {RULE_BACKGROUND: "background", RULE_MONOEXP: "mono
 DEFAULT_MAX_TIA_RATIO = 2.0
 DEFAULT_GN_ITERATIONS = 3
 NEGATIVE_TOLERANCE = 1e-4  # relative to the time point's maximum
-#: A SPECT whose most negative voxel is below -NEGATIVE_REFUSE_FRACTION x its maximum is refused; smaller negatives
-#: (conjugate-gradient and other unconstrained reconstructions produce them) are set to 0 with a warning.
-NEGATIVE_REFUSE_FRACTION = 0.05
 _CHUNK = 1 << 15
 
 
@@ -140,31 +137,6 @@ def validate_hours(hours: Sequence[float] | np.ndarray, min_points: int = 2) -> 
     if np.any(np.diff(h) <= 0):
         raise CorxError(f"hours must be strictly increasing, got {h.tolist()}")
     return h
-
-
-def clip_small_negatives(frame: np.ndarray, where: object,
-                         refuse_fraction: float = NEGATIVE_REFUSE_FRACTION) -> tuple[np.ndarray, str | None]:
-    """(``frame`` with its negative voxels set to 0, a warning naming how many and the minimum, or None).
-
-    Refuses (CorxError naming ``where``) non-finite values and negatives below ``-refuse_fraction`` x the
-    frame's maximum: those are not reconstruction noise. ``frame`` itself is never modified.
-    """
-    finite = np.isfinite(frame)
-    if not finite.all():
-        raise CorxError(f"{where}: {int(frame.size - finite.sum())} non-finite activity values (NaN/inf)")
-    lo, hi = float(frame.min()), float(frame.max())
-    if lo >= 0:
-        return frame, None
-    if hi <= 0 or lo < -refuse_fraction * hi:
-        n_bad = int((frame < -refuse_fraction * max(hi, 0.0)).sum())
-        raise CorxError(f"{where}: {n_bad} voxels below -{refuse_fraction:.0%} of the maximum ({hi:.4g}), minimum "
-                        f"{lo:.4g} Bq/mL; activity must be >= 0 (small negatives from the reconstruction are "
-                        "accepted and set to 0)")
-    negative = frame < 0
-    n_neg = int(negative.sum())
-    clipped = np.where(negative, np.zeros((), frame.dtype), frame)
-    return clipped, (f"{where}: {n_neg} negative voxels ({n_neg / frame.size:.2%}; minimum {lo:.4g} Bq/mL, "
-                     f"{-lo / hi:.2%} of the maximum) set to 0")
 
 
 def validate_activity(activity: np.ndarray, hours: np.ndarray, names: Sequence[str] | None = None,
@@ -269,7 +241,7 @@ def monoexp_tia_sd(a0: np.ndarray, lam: np.ndarray, sse: np.ndarray, hours: np.n
     Gauss-Newton / least-squares covariance of (A0, lambda): C = s^2 (J^T J)^-1 with J the Jacobian of the model
     at the solution and s^2 = SSE / (n - 2) the residual variance; Var(TIA) = g^T C g with g the gradient of the
     TIA (A0 / lambda, or the linear-head form) with respect to (A0, lambda). It is the fit (statistical) part of
-    the uncertainty only: calibration and volume are combined per VOI (corx.uncertainty).
+    the uncertainty only: calibration and volume are combined per VOI (corx.dosimetry.uncertainty).
     """
     t = np.asarray(hours, dtype=np.float64)[:, None]
     a = np.asarray(a0, dtype=np.float64)

@@ -13,8 +13,8 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from .errors import CorxError
-from .imageio import read_array
+from ..errors import CorxError
+from ..io.imageio import read_array
 
 
 def field_from_nifti(data: np.ndarray, where: str = "field") -> np.ndarray:

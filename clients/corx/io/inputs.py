@@ -1,7 +1,7 @@
-"""Reading a time point's CT or SPECT, NIfTI or DICOM, as a :class:`corx.preprocess.Volume` (RAS mm affine).
+"""Reading a time point's CT or SPECT, NIfTI or DICOM, as a :class:`corx.io.volume.Volume` (RAS mm affine).
 
 NIfTI: CT in HU, SPECT in Bq/mL (the manifest contract). DICOM: a CT series folder or an NM multi-frame file,
-see :mod:`corx.pipeline.dicom` for geometry and units.
+see :mod:`corx.io.dicom` for geometry and units.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorxError
-from ..imageio import load_image
-from ..preprocess import Volume, load_volume
-from ..tia import clip_small_negatives
 from . import dicom
+from .activity import clip_small_negatives
+from .imageio import load_image
+from .volume import Volume, load_volume
 
 
 def _check_role(role: str) -> None:
@@ -56,7 +56,7 @@ def read_volume(path: str | os.PathLike, role: str, calibration: float | None = 
     """A time point's CT (HU) or SPECT (Bq/mL) as a float32 Volume; NIfTI or DICOM by the path.
 
     A SPECT's small negative voxels are set to 0 and reported through ``warn`` (default: ``warnings.warn``);
-    large ones are refused (:func:`corx.tia.clip_small_negatives`).
+    large ones are refused (:func:`corx.io.activity.clip_small_negatives`).
     """
     path = _checked_path(path, role, calibration)
     if dicom.is_dicom_path(path):

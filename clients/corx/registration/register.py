@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CorxError
+from ..geometry.warp import field_to_nifti, warp_image
+from ..io.imageio import save_image, save_json
+from ..io.manifest import Manifest, load_manifest
 from .backends import Backend, TorchBackend
-from .errors import CorxError
-from .imageio import save_image, save_json
-from .manifest import Manifest, load_manifest
 from .preprocess import PreparedPair, PreprocessConfig, preprocess_pair
-from .warp import field_to_nifti, warp_image
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def register_pair(fixed_ct: object, moving_ct: object, fixed_spect: object, movi
                   backend: Backend | None = None, config: PreprocessConfig | None = None) -> Registration:
     """Register one moving SPECT/CT pair to the fixed (reference) pair.
 
-    Images are NIfTI paths, :class:`corx.preprocess.Volume` or (data, affine). ``backend`` defaults to
+    Images are NIfTI paths, :class:`corx.io.volume.Volume` or (data, affine). ``backend`` defaults to
     in-process PyTorch with the bundle's trained weights (bundle/models/model.pt), which needs no server.
     Returns the field and the warped CT (HU) and SPECT (Bq/mL) on the network grid, with its affine.
     """

@@ -4,9 +4,9 @@ D [Gy] = 0.08532 * TIA [MBq h] / m [g] per voxel (177Lu electrons, 0.14792 MeV p
 0.0351 MeV per decay, are assumed to escape). With TIA per mL and density rho in g/mL the voxel volume cancels:
 D = 0.08532 * TIA[MBq h/mL] / rho.
 
-Mass density: the CT (HU) is converted with the Schneider 2000 table (corx.physics) on its own grid, then
-resampled onto the SPECT grid with corx.resample.resample_to_grid (trilinear; outside the CT field of view: air)
-at several sub-points per SPECT voxel and averaged, so that each SPECT voxel gets its mean density (mass).
+Mass density: the CT (HU) is converted with the Schneider 2000 table (corx.dosimetry.physics) on its own grid, then
+resampled onto the SPECT grid with corx.geometry.resample.resample_to_grid (trilinear; outside the CT field of view:
+air) at several sub-points per SPECT voxel and averaged, so that each SPECT voxel gets its mean density (mass).
 
 Air handling: only voxels inside the body get a dose; the body is where the averaged density exceeds 0.5 g/mL
 (about -500 HU), with enclosed holes (lungs, bowel gas) filled slice by slice along the axial axis. Inside the
@@ -15,7 +15,7 @@ cannot get a dose 800 times that of water. Activity outside the body (SPECT spil
 
 Dose modes (``mode``): "led" (above, the default) and "dvk", kernel convolution: the activity per voxel
 (TIA x voxel volume x 3600 s/h, MBq s) is convolved (FFT, scipy.signal.fftconvolve "same") with the 177Lu water
-dose voxel kernel for the grid's voxel size (corx.dose_kernel: electrons and photons, mGy/(MBq s)), giving the
+dose voxel kernel for the grid's voxel size (corx.dosimetry.dose_kernel: electrons and photons, mGy/(MBq s)), giving the
 dose to water, then density-scaled to the medium: D = D_water x (1 g/mL) / rho (transport stays that of water).
 Inside the body rho is floored at ``min_density`` as for LED (0.1 g/mL): inflated lung (0.2-0.3 g/mL) keeps its
 density, gas enclosed in the body (~0.001 g/mL) is scaled as 0.1 g/mL, i.e. 10 x the water dose rather than 800 x;
@@ -34,10 +34,10 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage, signal
 
+from ..errors import CorxError
+from ..geometry.resample import resample_to_grid
 from .dose_kernel import DEFAULT_RADIUS_MM, dose_voxel_kernel, parse_voxel_mm
-from .errors import CorxError
 from .physics import DOSE_GY_G_PER_MBQH, hu_to_density
-from .resample import resample_to_grid
 
 BODY_DENSITY = 0.5
 MIN_DENSITY = 0.1

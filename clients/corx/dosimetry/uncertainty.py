@@ -4,7 +4,7 @@ Following the EANM guidance on uncertainty analysis in MRT dosimetry (Gear et al
 relative standard uncertainties of independent inputs are combined in quadrature:
 
 * fit: the mono-exponential fit of the VOI's mean time-activity curve (covariance of the least-squares solution,
-  corx.tia.monoexp_tia_sd; none when the curve was integrated by the trapezoid rule or with < 3 time points);
+  corx.dosimetry.tia.monoexp_tia_sd; none when the curve was integrated by the trapezoid rule or with < 3 time points);
 * calibration: the SPECT calibration factor's relative uncertainty from the manifest
   (``calibration_uncertainty_percent``), fully correlated over the time points, so it enters the TIA once;
 * volume: the VOI boundary is uncertain by ``boundary_sd_voxels`` voxels (default 0.5) along its normal,

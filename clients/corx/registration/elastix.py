@@ -32,8 +32,8 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from ..errors import CorxError
-from ..preprocess import PreparedPair, PreprocessConfig, preprocess_pair
-from ..register import Registration, warp_prepared
+from .preprocess import PreparedPair, PreprocessConfig, preprocess_pair
+from .register import Registration, warp_prepared
 
 VARIANTS = ("ct", "spect")
 LPS_FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -234,8 +234,8 @@ def elastix_register_pair(fixed_ct: object, moving_ct: object, fixed_spect: obje
                           settings: ElastixSettings | None = None) -> Registration:
     """Register one moving SPECT/CT pair to the fixed pair with Elastix, on CoRX-NET's network grid.
 
-    Inputs as for :func:`corx.register.register_pair` (paths, Volumes or (data, affine)). ``variant`` "ct": the
-    paper's CT-driven B-spline (AMMI), the transform applied to the SPECT; "spect": CT + SPECT multi-metric.
+    Inputs as for :func:`corx.registration.register.register_pair` (paths, Volumes or (data, affine)). ``variant``
+    "ct": the paper's CT-driven B-spline (AMMI), the transform applied to the SPECT; "spect": CT + SPECT multi-metric.
     ``settings`` overrides everything but ``max_iterations`` (which wins when it differs from 1000).
     Returns the field (voxels of the network grid, pull-back), warped CT (HU), warped SPECT (Bq/mL), affine.
     """

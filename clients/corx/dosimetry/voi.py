@@ -1,8 +1,8 @@
 """VOI (organ-based) TIA from a label map and its comparison with the voxel TIA (the paper's Table 3).
 
 For each VOI the mean time-activity curve (Bq/mL) of its voxels gets the same eq.-6 rule as a voxel
-(corx.tia.tia_from_curves); VOI TIA [MBq h] = TIA per mL of the mean curve x VOI volume. It is compared with the
-sum of the voxel TIAs over the VOI: percent_difference = 100 (voxel sum - VOI) / VOI.
+(corx.dosimetry.tia.tia_from_curves); VOI TIA [MBq h] = TIA per mL of the mean curve x VOI volume. It is compared
+with the sum of the voxel TIAs over the VOI: percent_difference = 100 (voxel sum - VOI) / VOI.
 
 Columns of a row: voi, labels ("6+7"), n_voxels, volume_ml, tia_voi_mbqh, tia_voxel_sum_mbqh,
 percent_difference, voi_rule (eq.-6 rule code of the mean curve), voi_lambda_eff_per_h, voi_fit_rmse_bq_per_ml,
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CorxError
+from ..io.imageio import atomic_path
 from .dose import dvh_metrics
-from .errors import CorxError
-from .imageio import atomic_path
 from .kinetics_models import MODEL_NAMES, models_from_curves
 from .physics import DOSE_GY_G_PER_MBQH, LU177_LAMBDA_PER_H
 from .tia import TiaResult, tia_from_curves
@@ -128,7 +128,7 @@ def voi_table(activity: np.ndarray, hours: Sequence[float] | np.ndarray, label_m
               prior_half_life_h: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Table 3 rows per VOI (see module docstring); ``activity`` (T, X, Y, Z) Bq/mL on the label grid.
 
-    With one time point the VOI's mean value gets the single-time-point rule (corx.tia), with the VOI's
+    With one time point the VOI's mean value gets the single-time-point rule (corx.dosimetry.tia), with the VOI's
     ``prior_half_life_h`` ({VOI name: h}) where given.
 
     Optional columns: dose (mass from ``density`` g/mL, LED VOI dose and DVH metrics of ``dose_gy``) and the

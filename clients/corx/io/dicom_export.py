@@ -13,7 +13,7 @@ resampling), to the orientation closest to L-P-S: array axis 0 (closest to L) ->
 
 An axis-aligned RAS, LAS or LPS grid becomes the usual axial stack (IOP 1\\0\\0\\0\\1\\0, increasing offsets); an
 oblique grid keeps its exact directions. The readers return the DICOM order (column, row, frame), as
-``corx.pipeline.dicom`` does; ``like_affine`` brings the result back onto the grid it was written from (same
+``corx.io.dicom`` does; ``like_affine`` brings the result back onto the grid it was written from (same
 voxels in another axis order). Sheared grids (non-orthogonal affine columns) cannot be written.
 
 pydicom (RT Dose) and highdicom (Segmentation) are imported only inside the functions: the 'dicom' extra.
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
-from . import __version__
-from .errors import CorxError
+from .. import __version__
+from ..errors import CorxError
 from .imageio import atomic_path
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -396,7 +396,7 @@ def write_seg(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, str] |
               algorithm_family: str = "ArtificialIntelligence", source_images: Sequence[Any] | None = None) -> Path:
     """Write the VOIs of a label map as a binary DICOM Segmentation (one segment per VOI), atomically.
 
-    ``names``: {label: name}, [(name, label or labels)] or corx.voi.Voi objects; a segment is the union of its
+    ``names``: {label: name}, [(name, label or labels)] or corx.dosimetry.voi.Voi objects; a segment is the union of its
     labels. ``algorithm`` None: MANUAL segments; else AUTOMATIC with that algorithm name and a CID 7162 family
     (e.g. "corx phantom generator"). ``source_images``: headers of the series the labels were drawn on (same
     frame of reference); without them a header-only placeholder CT carries patient/study/frame of reference.

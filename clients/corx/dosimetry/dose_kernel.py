@@ -10,7 +10,7 @@ Each component of d = x_t - x_s has a triangular density on o_i h_i + [-h_i, h_i
   of the point kernels needs no special care;
 * far offsets (photons only) use a tensor Gauss rule on the three triangular densities.
 
-Electrons (betas, conversion and Auger electrons, :data:`corx.physics.LU177_ELECTRON_MEV` = 0.14792 MeV per
+Electrons (betas, conversion and Auger electrons, :data:`corx.dosimetry.physics.LU177_ELECTRON_MEV` = 0.14792 MeV per
 decay, ICRP 107): Loevinger's empirical beta point-source function for soft tissue (R. Loevinger, "The dosimetry
 of beta sources in tissue: the point-source function", Radiology 66 (1956) 55; also in Hine & Brownell,
 Radiation Dosimetry, 1956),
@@ -36,7 +36,7 @@ interpolated. The build-up factor is taken linear in the number of mean free pat
 conservation (in an infinite medium int 4 pi r^2 K dr = E y exactly). A linear form likely overestimates the
 build-up within the first mean free path: the photon-dominated corner neighbour is ~18 % above Lanconelli 2012.
 
-Water density 1 g/mL throughout; the dose in another medium is density-scaled by the caller (corx.dose).
+Water density 1 g/mL throughout; the dose in another medium is density-scaled by the caller (corx.dosimetry.dose).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorxError
+from ..errors import CorxError
 from .physics import LU177_ELECTRON_MEV
 
 #: 177Lu beta maximum (main branch) and mean beta energy, MeV (ICRP 107).
@@ -350,7 +350,7 @@ def kernel_report(voxel_mm: float | str | Sequence[float], kernel: np.ndarray, e
 def write_kernel(out: str | Path, voxel_mm: float | str | Sequence[float], radius_mm: float = DEFAULT_RADIUS_MM,
                  overwrite: bool = False) -> tuple[Path, list[str]]:
     """Write the kernel as NIfTI (float32, mGy/(MBq s), centred affine); return the path and the report lines."""
-    from .imageio import save_image
+    from ..io.imageio import save_image
 
     out = Path(out)
     if not out.name.endswith((".nii", ".nii.gz")):

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorxError
+from ..errors import CorxError
 from .physics import LU177_LAMBDA_PER_H
 from .tia import fit_monoexp, map_chunks, trapezoid_tail, validate_activity, validate_hours
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import atomic_path, read_array
-from .manifest import Manifest
-from .resample import resample_to_grid
+from ..geometry.resample import resample_to_grid
+from ..io.imageio import atomic_path, read_array
+from ..io.manifest import Manifest
 
 CT_WINDOW_HU = (-350.0, 450.0)  # soft-tissue window for display
 

@@ -5,8 +5,8 @@ the Lea-Catcheside factor is T_rep / (T_rep + T_eff) (Dale 1985), so
 
     BED = D + D^2 * (T_rep / (T_rep + T_eff)) / (alpha/beta),        EQD2 = BED / (1 + 2 Gy / (alpha/beta)).
 
-Per voxel, T_eff = ln 2 / lambda_eff of the voxel's mono-exponential fit (:mod:`corx.tia`); voxels without a fit
-(trapezoid rules, background) take the physical half-life of 177Lu, the longest T_eff possible and so the smallest
+Per voxel, T_eff = ln 2 / lambda_eff of the voxel's mono-exponential fit (:mod:`corx.dosimetry.tia`); voxels without
+a fit (trapezoid rules, background) take the physical half-life of 177Lu, the longest T_eff possible and so the smallest
 BED correction (the share of such voxels is reported). Tissue parameters by VOI: a voxel of a VOI named
 ``kidney*`` gets the kidney values, ``tumour*``/``tumor*``/``lesion*`` the tumour values, any other voxel the
 "other" values. Defaults with their sources: ``corx/data/radiobiology.json``. Bi-exponential BED (for voxels
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorxError
+from ..errors import CorxError
 from .physics import LU177_HALF_LIFE_H
 from .voi import Voi
 

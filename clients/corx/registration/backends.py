@@ -3,7 +3,7 @@
 - ``TorchBackend``: eager PyTorch in this process (fp32, or bf16 autocast on CPU); torch and the bundle are
   imported only when it is created. The default backend: needs no server.
 - ``OnnxRuntimeBackend``: the exported ONNX model with ONNX Runtime in this process (no torch).
-- ``TritonBackend`` (corx.triton_client): a Triton server over HTTP or gRPC.
+- ``TritonBackend`` (corx.registration.triton_client): a Triton server over HTTP or gRPC.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from corx_bundle.scripts.locations import default_checkpoint
+from corx_bundle.scripts.locations import default_checkpoint, default_triton_repo
 
-from .errors import CorxError
+from ..errors import CorxError
 
 DEFAULT_CHECKPOINT = default_checkpoint()
 BACKENDS = ("inprocess", "onnx", "http", "grpc")
@@ -169,9 +169,7 @@ def make_backend(kind: str = "inprocess", url: str | None = None, checkpoint: st
     if kind == "inprocess":
         return TorchBackend(checkpoint, random_init=random_init, **kwargs)
     if kind == "onnx":
-        from .serve import REPO_DEFAULT
-
-        return OnnxRuntimeBackend(onnx or REPO_DEFAULT / "corxnet" / "1" / "model.onnx", **kwargs)
+        return OnnxRuntimeBackend(onnx or default_triton_repo() / "corxnet" / "1" / "model.onnx", **kwargs)
     if kind in ("http", "grpc"):
         from .triton_client import TritonBackend
 

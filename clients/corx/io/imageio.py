@@ -14,7 +14,7 @@ import numpy as np
 
 from corx_bundle.scripts.atomic import atomic_path as bundle_atomic_path
 
-from .errors import CorxError
+from ..errors import CorxError
 
 
 def load_image(path: str | os.PathLike) -> nib.Nifti1Image:

@@ -1,0 +1,1 @@
+"""Geometry layer: resampling between grids, warping with fields, fields onto the reference grid."""

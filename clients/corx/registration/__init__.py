@@ -1,0 +1,1 @@
+"""Registration layer: preprocessing, network backends (PyTorch, ONNX Runtime, Triton), methods, Elastix."""

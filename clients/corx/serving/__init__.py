@@ -1,0 +1,1 @@
+"""Serving layer: the Triton server wrapper and the `corx export`, `corx serve`, `corx register` commands."""
