@@ -478,7 +478,9 @@ def test_small_negative_spect_voxels_become_zero_with_a_warning(internal: Path, 
 
 def test_a_single_time_point_patient_runs_without_registration(internal: Path, tmp_path: Path) -> None:
     """One time point: nothing to register; Hänscheid's TIA, with the phantom truth compared only on its own frame."""
-    from corx.dosimetry.tia import RULE_BACKGROUND, RULE_HANSCHEID
+    from corx.dosimetry.tia import (
+    TiaRule,
+)
 
     raw = _manifest(internal)
     for tp_index, expect_truth in ((0, True), (-1, False)):
@@ -495,8 +497,8 @@ def test_a_single_time_point_patient_runs_without_registration(internal: Path, t
         a = np.maximum(np.asarray(spect.dataobj, np.float64), 0)
         np.testing.assert_allclose(np.asarray(tia.dataobj), a * 2 * tp["hours"] / np.log(2) * 1e-6, rtol=1e-4,
                                    atol=1e-9)
-        assert set(np.unique(np.asarray(nib.load(str(out / "tia_rule.nii.gz")).dataobj))) <= {RULE_BACKGROUND,
-                                                                                               RULE_HANSCHEID}
+        assert set(np.unique(np.asarray(nib.load(str(out / "tia_rule.nii.gz")).dataobj))) <= {TiaRule.BACKGROUND,
+                                                                                               TiaRule.HANSCHEID}
         assert bool(res.summary["truth"]) is expect_truth
         assert [t["id"] for t in res.summary["timepoints"]] == [tp["id"]]
         assert (out / "report.html").is_file() and (out / "dose.nii.gz").is_file()

@@ -15,12 +15,7 @@ from scipy.optimize import curve_fit
 from corx.cli import main
 from corx.dosimetry.command import run_tia
 from corx.dosimetry.kinetics_models import (
-    MODEL_BELOW_THRESHOLD,
-    MODEL_BIEXP,
-    MODEL_MONOEXP,
-    MODEL_NONE,
-    MODEL_UPTAKE_PHYSICAL,
-    MODEL_UPTAKE_WASHOUT,
+    KineticModel,
     aicc,
     compute_tia_multimodel,
     eligible_models,
@@ -28,13 +23,7 @@ from corx.dosimetry.kinetics_models import (
 )
 from corx.dosimetry.physics import LU177_HALF_LIFE_H, LU177_LAMBDA_PER_H
 from corx.dosimetry.tia import (
-    RULE_BACKGROUND,
-    RULE_EXCESSIVE,
-    RULE_FIT_FAILED,
-    RULE_HANSCHEID,
-    RULE_MONOEXP,
-    RULE_PRIOR_HALF_LIFE,
-    RULE_SLOW,
+    TiaRule,
     compute_tia,
     fit_monoexp,
     tia_from_curves,
@@ -66,7 +55,7 @@ def test_lutetium_constants() -> None:
 def test_known_exponential_gives_analytic_tia(hours: np.ndarray, lam: float) -> None:
     a0 = 2.5e5  # Bq/mL
     res = tia_from_curves(mono(a0, lam, hours)[:, None], hours)
-    assert res.rule[0] == RULE_MONOEXP
+    assert res.rule[0] == TiaRule.MONOEXP
     assert res.tia[0] == pytest.approx(a0 / lam, rel=2e-4)  # eq. 6: integral from 0 of the fit
     assert res.lambda_eff[0] == pytest.approx(lam, rel=2e-4)
     assert res.rmse[0] < 1e-4 * a0
@@ -87,7 +76,7 @@ def test_trapezoid_plus_tail_hand_example() -> None:
     expected = 0.5 * 4 * 10 + 0.5 * (10 + 30) * 20 + 0.5 * (30 + 20) * 24 + 20 * LU177_HALF_LIFE_H / math.log(2)
     assert trapezoid_tail(curve, hours)[0] == pytest.approx(expected, rel=1e-6)
     res = tia_from_curves(curve, hours)
-    assert res.rule[0] == RULE_SLOW  # fitted mono-exp rises over 4-48 h
+    assert res.rule[0] == TiaRule.SLOW  # fitted mono-exp rises over 4-48 h
     assert res.tia[0] == pytest.approx(expected, rel=1e-6)
 
 
@@ -102,21 +91,21 @@ def test_rules_chosen_as_expected() -> None:
         np.zeros(4),                                # 0: no activity
     ], axis=1)
     res = tia_from_curves(curves, hours)
-    assert res.rule.tolist() == [RULE_MONOEXP, RULE_SLOW, RULE_SLOW, RULE_FIT_FAILED, RULE_EXCESSIVE,
-                                 RULE_BACKGROUND]
+    assert res.rule.tolist() == [TiaRule.MONOEXP, TiaRule.SLOW, TiaRule.SLOW, TiaRule.FIT_FAILED, TiaRule.EXCESSIVE,
+                                 TiaRule.BACKGROUND]
     trap = trapezoid_tail(curves.astype(np.float32), hours)
     np.testing.assert_allclose(res.tia[1:], trap[1:], rtol=1e-6)
     assert res.tia[-1] == 0
     assert res.tia_monoexp[4] > 2 * trap[4]  # why rule 4 was chosen
     assert res.rmse[3] == 0 and res.rmse[5] == 0
     # a larger ratio keeps the mono-exponential value
-    assert tia_from_curves(curves[:, 4:5], hours, max_tia_ratio=10).rule[0] == RULE_MONOEXP
+    assert tia_from_curves(curves[:, 4:5], hours, max_tia_ratio=10).rule[0] == TiaRule.MONOEXP
 
 
 def test_min_activity_marks_background() -> None:
     curves = np.stack([mono(5.0, 0.02, H4), mono(500.0, 0.02, H4)], axis=1)
     res = tia_from_curves(curves, H4, min_activity=10.0)
-    assert res.rule.tolist() == [RULE_BACKGROUND, RULE_MONOEXP]
+    assert res.rule.tolist() == [TiaRule.BACKGROUND, TiaRule.MONOEXP]
     assert res.tia[0] == pytest.approx(trapezoid_tail(curves[:, :1].astype(np.float32), H4)[0])
 
 
@@ -146,12 +135,12 @@ def test_compute_tia_volume_units_and_rmse() -> None:
     act = (a0[None] * np.exp(-lam[None] * H4[:, None, None, None])).astype(np.float32)
     res = compute_tia(act, H4, voxel_volume_ml=0.058, threads=2)
     assert res.tia_mbqh_per_ml.shape == shape and res.tia_mbqh_per_ml.dtype == np.float32
-    assert (res.rule == RULE_MONOEXP).all()
+    assert (res.rule == TiaRule.MONOEXP).all()
     np.testing.assert_allclose(res.tia_mbqh_per_ml, a0 / lam * 1e-6, rtol=5e-4)
     np.testing.assert_allclose(res.tia_mbqh, res.tia_mbqh_per_ml * 0.058, rtol=1e-6)
     np.testing.assert_allclose(res.lambda_eff_per_h, lam, rtol=5e-4)
     assert float(res.rmse_bq_per_ml.max()) < 1e-4 * float(a0.max())
-    assert res.rule_counts() == {str(RULE_MONOEXP): 120}
+    assert res.rule_counts() == {str(TiaRule.MONOEXP): 120}
     # RMSE is the root mean square residual of the fit, in Bq/mL
     curve = np.array([1000.0, 400.0, 250.0, 60.0])
     one = compute_tia(curve[:, None, None, None].astype(np.float32), H4, 1.0)
@@ -264,10 +253,10 @@ def test_label_names_from_json_layouts(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ multi-model
 H6 = np.array([1.0, 4.0, 24.0, 48.0, 96.0, 168.0])
 TRUE_MODELS = {
-    MODEL_MONOEXP: lambda t: 1000 * np.exp(-(LP + 0.02) * t),
-    MODEL_UPTAKE_PHYSICAL: lambda t: 1000 * (np.exp(-LP * t) - np.exp(-(LP + 0.08) * t)),
-    MODEL_UPTAKE_WASHOUT: lambda t: 1000 * (np.exp(-(LP + 0.01) * t) - np.exp(-(LP + 0.3) * t)),
-    MODEL_BIEXP: lambda t: 600 * np.exp(-(LP + 0.2) * t) + 400 * np.exp(-(LP + 0.01) * t),
+    KineticModel.MONOEXP: lambda t: 1000 * np.exp(-(LP + 0.02) * t),
+    KineticModel.UPTAKE_PHYSICAL: lambda t: 1000 * (np.exp(-LP * t) - np.exp(-(LP + 0.08) * t)),
+    KineticModel.UPTAKE_WASHOUT: lambda t: 1000 * (np.exp(-(LP + 0.01) * t) - np.exp(-(LP + 0.3) * t)),
+    KineticModel.BIEXP: lambda t: 600 * np.exp(-(LP + 0.2) * t) + 400 * np.exp(-(LP + 0.01) * t),
 }
 
 
@@ -287,9 +276,10 @@ def test_aicc_selects_true_model_on_noiseless_curves() -> None:
 
 def test_model_eligibility_and_aicc() -> None:
     assert eligible_models(3) == []
-    assert eligible_models(4) == [MODEL_MONOEXP, MODEL_UPTAKE_PHYSICAL]
-    assert eligible_models(5) == [MODEL_MONOEXP, MODEL_UPTAKE_PHYSICAL, MODEL_UPTAKE_WASHOUT]
-    assert eligible_models(6) == [MODEL_MONOEXP, MODEL_UPTAKE_PHYSICAL, MODEL_UPTAKE_WASHOUT, MODEL_BIEXP]
+    assert eligible_models(4) == [KineticModel.MONOEXP, KineticModel.UPTAKE_PHYSICAL]
+    assert eligible_models(5) == [KineticModel.MONOEXP, KineticModel.UPTAKE_PHYSICAL, KineticModel.UPTAKE_WASHOUT]
+    assert eligible_models(6) == [KineticModel.MONOEXP, KineticModel.UPTAKE_PHYSICAL, KineticModel.UPTAKE_WASHOUT,
+                                  KineticModel.BIEXP]
     assert aicc(np.array([4.0]), 4, 2)[0] == pytest.approx(4 * math.log(1.0) + 4 + 12)
     with pytest.raises(CorxError, match="AICc needs at least 5 points"):
         aicc(np.array([1.0]), 4, 3)
@@ -297,16 +287,17 @@ def test_model_eligibility_and_aicc() -> None:
 
 def test_multimodel_four_timepoints_and_rejections() -> None:
     curves = np.stack([
-        TRUE_MODELS[MODEL_MONOEXP](H4),
-        TRUE_MODELS[MODEL_UPTAKE_PHYSICAL](H4),
+        TRUE_MODELS[KineticModel.MONOEXP](H4),
+        TRUE_MODELS[KineticModel.UPTAKE_PHYSICAL](H4),
         np.array([100.0, 900.0, 50.0, 700.0]),   # zig-zag: no model reaches R^2 > 0.9
         np.zeros(4),
     ], axis=1)
     res = models_from_curves(curves, H4, min_activity=1.0)
-    assert res.model.tolist() == [MODEL_MONOEXP, MODEL_UPTAKE_PHYSICAL, MODEL_NONE, MODEL_BELOW_THRESHOLD]
+    assert res.model.tolist() == [KineticModel.MONOEXP, KineticModel.UPTAKE_PHYSICAL, KineticModel.NONE,
+                                  KineticModel.BELOW_THRESHOLD]
     trap = trapezoid_tail(curves.astype(np.float32), H4)
     assert res.tia[2] == pytest.approx(trap[2]) and res.tia[3] == 0
-    assert set(res.aicc) == {MODEL_MONOEXP, MODEL_UPTAKE_PHYSICAL}
+    assert set(res.aicc) == {KineticModel.MONOEXP, KineticModel.UPTAKE_PHYSICAL}
 
 
 def test_compute_tia_multimodel_volume() -> None:
@@ -318,8 +309,8 @@ def test_compute_tia_multimodel_volume() -> None:
     act[:, 0] = 0.0
     res = compute_tia_multimodel(act, H6, 0.1, threshold_fraction=0.01, threads=2, chunk=64)
     assert res.model.shape == shape and res.tia_mbqh_per_ml.dtype == np.float32
-    assert (res.model[0] == MODEL_BELOW_THRESHOLD).all()
-    assert (res.model[1:] == MODEL_UPTAKE_PHYSICAL).mean() > 0.95
+    assert (res.model[0] == KineticModel.BELOW_THRESHOLD).all()
+    assert (res.model[1:] == KineticModel.UPTAKE_PHYSICAL).mean() > 0.95
     lu = LP + ku[1:]
     t1 = H6[0]
     f1 = 1e5 * (math.exp(-LP * t1) - np.exp(-lu * t1))
@@ -548,7 +539,7 @@ def test_hanscheid_against_a_mono_exponential(x: float) -> None:
     res = tia_from_curves(np.array([[1e4 * math.exp(-lam * t), 0.0]], np.float32), [t])
     assert res.tia[0] == pytest.approx(1e4 / lam * 2 * x / 2**x, rel=1e-5)
     assert res.tia[0] == pytest.approx(1e4 * math.exp(-lam * t) * 2 * t / math.log(2), rel=1e-5)
-    assert res.rule.tolist() == [RULE_HANSCHEID, RULE_BACKGROUND] and res.tia[1] == 0
+    assert res.rule.tolist() == [TiaRule.HANSCHEID, TiaRule.BACKGROUND] and res.tia[1] == 0
     assert res.lambda_eff[0] == pytest.approx(math.log(2) / t) and res.rmse[0] == 0
 
 
@@ -561,8 +552,8 @@ def test_prior_half_life_is_exact_for_the_true_half_life_and_per_voxel() -> None
     prior[0] = prior_h
     res = compute_tia(act, [t], 0.5, prior_half_life_h=prior)
     np.testing.assert_allclose(res.tia_mbqh_per_ml[0, :, 0], 1e4 / lam * 1e-6, rtol=1e-5)
-    assert res.rule[0].ravel().tolist() == [RULE_PRIOR_HALF_LIFE] * 2
-    assert res.rule[1].ravel().tolist() == [RULE_HANSCHEID] * 2
+    assert res.rule[0].ravel().tolist() == [TiaRule.PRIOR_HALF_LIFE] * 2
+    assert res.rule[1].ravel().tolist() == [TiaRule.HANSCHEID] * 2
     np.testing.assert_allclose(res.tia_mbqh_per_ml[1, :, 0], act[0, 1, :, 0] * 2 * t / math.log(2) * 1e-6, rtol=1e-5)
     assert res.params["single_time_point"] == "prior half-life where given, else Hänscheid"
     with pytest.raises(CorxError, match="> 0 h"):
@@ -579,16 +570,16 @@ def test_corx_tia_on_one_time_point_with_a_prior_for_one_voi(tmp_path: Path) -> 
     rows = {r["voi"]: r for r in csv.DictReader((out / "voi.csv").open())}
     liver_a = 2e4 * math.exp(-0.02 * 72.0)  # Bq/mL at 72 h
     lam = math.log(2) / 40.0
-    assert int(rows["liver"]["voi_rule"]) == RULE_PRIOR_HALF_LIFE
+    assert int(rows["liver"]["voi_rule"]) == TiaRule.PRIOR_HALF_LIFE
     assert float(rows["liver"]["tia_voi_mbqh"]) == pytest.approx(
         liver_a * math.exp(lam * 72) / lam * 1e-6 * 12 * 0.125, rel=1e-4)
     assert float(rows["liver"]["t_eff_h"]) == pytest.approx(40.0, rel=1e-4)
-    assert int(rows["kidneys"]["voi_rule"]) == RULE_HANSCHEID
+    assert int(rows["kidneys"]["voi_rule"]) == TiaRule.HANSCHEID
     assert float(rows["kidneys"]["t_eff_h"]) == pytest.approx(72.0, rel=1e-4)  # Hänscheid: T_eff = t
     tia = nib.load(str(out / "tia.nii.gz")).get_fdata()
     labels = nib.load(str(tmp_path / "p" / "truth" / "labels_ref.nii.gz")).get_fdata()
     np.testing.assert_allclose(tia[labels == 4], liver_a * math.exp(lam * 72) / lam * 1e-6, rtol=1e-4)
-    assert set(np.unique(res.tia.rule[labels == 4])) == {RULE_PRIOR_HALF_LIFE}
+    assert set(np.unique(res.tia.rule[labels == 4])) == {TiaRule.PRIOR_HALF_LIFE}
     raw["prior_effective_half_life_h"] = {"livr": 40.0}
     manifest.write_text(json.dumps(raw))
     with pytest.raises(CorxError, match=r"unknown VOI name\(s\) \['livr'\]"):
@@ -616,3 +607,17 @@ def test_dose_mode_chooses_dose_nii_and_reports_both(tmp_path: Path) -> None:
         run_tia(manifest, tmp_path / "bad", quiet=True, dose_mode="mc")
     assert main(["tia", str(manifest), "--out", str(tmp_path / "cli"), "--dose", "led"]) == 0
     np.testing.assert_array_equal(read("cli", "dose.nii.gz"), read("led", "dose.nii.gz"))
+
+
+def test_rule_and_model_codes_keep_their_values_and_tables() -> None:
+    """The IntEnum codes are the uint8 values written in tia_rule / tia_model; every code has its names."""
+    from corx.dosimetry.kinetics_models import MODEL_NAMES
+    from corx.dosimetry.tia import RULE_NAMES, RULE_SHORT
+
+    assert [int(r) for r in TiaRule] == list(range(7)) and TiaRule.PRIOR_HALF_LIFE == 6
+    assert [int(m) for m in KineticModel] == list(range(6)) and KineticModel.NONE == 5
+    assert set(RULE_NAMES) == set(RULE_SHORT) == set(TiaRule) and set(MODEL_NAMES) == set(KineticModel)
+    assert json.loads(json.dumps({"rules": RULE_NAMES, "rule": TiaRule.SLOW})) == {
+        "rules": {str(int(r)): RULE_NAMES[r] for r in TiaRule}, "rule": 2}
+    res = tia_from_curves(np.array([[100.0, 0.0], [50.0, 0.0]]), [4.0, 24.0])
+    assert res.rule.dtype == np.uint8 and res.rule.tolist() == [TiaRule.MONOEXP, TiaRule.BACKGROUND]

@@ -38,6 +38,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -46,19 +47,25 @@ from ..errors import CorxError
 from .physics import LU177_LAMBDA_PER_H
 from .tia import fit_monoexp, map_chunks, trapezoid_tail, validate_activity, validate_hours
 
-MODEL_BELOW_THRESHOLD = 0
-MODEL_MONOEXP = 1
-MODEL_UPTAKE_PHYSICAL = 2
-MODEL_UPTAKE_WASHOUT = 3
-MODEL_BIEXP = 4
-MODEL_NONE = 5
-MODEL_NAMES: dict[int, str] = {
-    MODEL_BELOW_THRESHOLD: "below threshold: trapezoid + physical tail, not fitted",
-    MODEL_MONOEXP: "monoexp",
-    MODEL_UPTAKE_PHYSICAL: "uptake_physical",
-    MODEL_UPTAKE_WASHOUT: "uptake_washout",
-    MODEL_BIEXP: "biexp",
-    MODEL_NONE: "no candidate: trapezoid + physical tail",
+
+class KineticModel(IntEnum):
+    """Codes of the multi-model map ``tia_model`` (uint8 values): the selected model, or why there is none."""
+
+    BELOW_THRESHOLD = 0
+    MONOEXP = 1
+    UPTAKE_PHYSICAL = 2
+    UPTAKE_WASHOUT = 3
+    BIEXP = 4
+    NONE = 5
+
+
+MODEL_NAMES: dict[KineticModel, str] = {
+    KineticModel.BELOW_THRESHOLD: "below threshold: trapezoid + physical tail, not fitted",
+    KineticModel.MONOEXP: "monoexp",
+    KineticModel.UPTAKE_PHYSICAL: "uptake_physical",
+    KineticModel.UPTAKE_WASHOUT: "uptake_washout",
+    KineticModel.BIEXP: "biexp",
+    KineticModel.NONE: "no candidate: trapezoid + physical tail",
 }
 R2_MIN = 0.9
 SSE_FLOOR = 1e-5
@@ -77,7 +84,7 @@ def aicc(sse: np.ndarray, n: int, k: int) -> np.ndarray:
 class _Model:
     """A model in scaled units: y = f(tau; p), p of shape (K, N); lp = lambda_phys * t_n."""
 
-    code: int
+    code: KineticModel
     name: str
     k: int
 
@@ -99,11 +106,11 @@ class _Model:
 
     @property
     def n_amp(self) -> int:
-        return 2 if self.code == MODEL_BIEXP else 1
+        return 2 if self.code == KineticModel.BIEXP else 1
 
 
 class _UptakePhysical(_Model):
-    code, name, k = MODEL_UPTAKE_PHYSICAL, "uptake_physical", 2
+    code, name, k = KineticModel.UPTAKE_PHYSICAL, "uptake_physical", 2
 
     def starts(self, lp: float) -> list[tuple[float, ...]]:
         return [(math.log(v),) for v in np.geomspace(0.3, 300.0, 9)]
@@ -128,7 +135,7 @@ class _UptakePhysical(_Model):
 
 
 class _UptakeWashout(_Model):
-    code, name, k = MODEL_UPTAKE_WASHOUT, "uptake_washout", 3
+    code, name, k = KineticModel.UPTAKE_WASHOUT, "uptake_washout", 3
 
     def starts(self, lp: float) -> list[tuple[float, ...]]:
         ws = [math.log(v) for v in (0.01, 0.3, 1.0, 3.0, 10.0)]
@@ -159,7 +166,7 @@ class _UptakeWashout(_Model):
 
 
 class _BiExp(_Model):
-    code, name, k = MODEL_BIEXP, "biexp", 4
+    code, name, k = KineticModel.BIEXP, "biexp", 4
 
     def starts(self, lp: float) -> list[tuple[float, ...]]:
         slows = [math.log(v) for v in (0.01, 0.3, 1.0, 3.0)]
@@ -190,11 +197,11 @@ class _BiExp(_Model):
         return 0.5 * t1 * (a1 * e1 + a2 * e2) + a1 * e1 / l1 + a2 * e2 / l2
 
 
-_LM_MODELS: dict[int, _Model] = {m.code: m for m in (_UptakePhysical(), _UptakeWashout(), _BiExp())}
-MODEL_PARAMS: dict[int, int] = {MODEL_MONOEXP: 2, **{c: m.k for c, m in _LM_MODELS.items()}}
+_LM_MODELS: dict[KineticModel, _Model] = {m.code: m for m in (_UptakePhysical(), _UptakeWashout(), _BiExp())}
+MODEL_PARAMS: dict[KineticModel, int] = {KineticModel.MONOEXP: 2, **{c: m.k for c, m in _LM_MODELS.items()}}
 
 
-def eligible_models(n_timepoints: int) -> list[int]:
+def eligible_models(n_timepoints: int) -> list[KineticModel]:
     """Model codes whose AICc is defined for this many time points (n >= K + 2)."""
     return [code for code, k in sorted(MODEL_PARAMS.items()) if n_timepoints >= k + 2]
 
@@ -285,7 +292,7 @@ def fit_model(model: _Model, y: np.ndarray, tau: np.ndarray, lp: float, n_iter: 
 class CurveModels:
     """Multi-model results for a batch of curves (flat arrays, N)."""
 
-    model: np.ndarray  # uint8 MODEL_* codes
+    model: np.ndarray  # uint8 KineticModel codes
     tia: np.ndarray    # Bq*h/mL
     r2: np.ndarray     # R^2 of the selected model (NaN where none)
     aicc: dict[int, np.ndarray]  # AICc per fitted model (inf where not a candidate)
@@ -307,7 +314,7 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
     trap = trapezoid_tail(c.astype(np.float32), h, lambda_phys).astype(np.float32)
     peak = c.max(axis=0)
     fit_mask = peak > min_activity
-    model = np.where(fit_mask, MODEL_NONE, MODEL_BELOW_THRESHOLD).astype(np.uint8)
+    model = np.where(fit_mask, KineticModel.NONE, KineticModel.BELOW_THRESHOLD).astype(np.uint8)
     tia = trap.copy()
     r2_sel = np.full(n, np.nan, np.float32)
     aiccs: dict[int, np.ndarray] = {m: np.full(n, np.inf, np.float32) for m in codes}
@@ -326,13 +333,13 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
     sst = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
     floor = n_t * SSE_FLOOR ** 2
     best = np.full(idx.size, np.inf)
-    chosen = np.full(idx.size, MODEL_NONE, np.uint8)
+    chosen = np.full(idx.size, KineticModel.NONE, np.uint8)
     chosen_tia = np.full(idx.size, np.nan)
     chosen_r2 = np.full(idx.size, np.nan)
     with np.errstate(all="ignore"):
         for code in codes:
             k = MODEL_PARAMS[code]
-            if code == MODEL_MONOEXP:
+            if code == KineticModel.MONOEXP:
                 a0, lam, sse, ok = fit_monoexp(y, tau[:, 0] * tmax, n_iter=4)
                 a0, lam, sse = (np.asarray(v, dtype=np.float64) for v in (a0, lam, sse))
                 lam_s = lam * tmax
@@ -356,7 +363,7 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
             chosen_tia = np.where(win, tia_m, chosen_tia)
             chosen_r2 = np.where(win, r2, chosen_r2)
     model[idx] = chosen
-    has = chosen != MODEL_NONE
+    has = chosen != KineticModel.NONE
     tia[idx[has]] = chosen_tia[has]
     r2_sel[idx[has]] = chosen_r2[has]
     return CurveModels(model, tia, r2_sel, aiccs, tias)
@@ -366,7 +373,7 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
 class MultiModelResult:
     """Voxel-wise multi-model TIA maps (X, Y, Z)."""
 
-    model: np.ndarray            # uint8 MODEL_* codes
+    model: np.ndarray            # uint8 KineticModel codes
     tia_mbqh_per_ml: np.ndarray  # float32
     r2: np.ndarray               # float32, NaN where no model was selected
     voxel_volume_ml: float

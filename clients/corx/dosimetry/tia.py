@@ -5,7 +5,7 @@ Per voxel (or per VOI mean curve) A(t_1..t_n):
 * a mono-exponential A(t) = A0 exp(-lambda_eff t) is fitted to the n samples (least squares in activity units:
   closed-form weighted log-linear start with weights A^2, then a fixed number of safeguarded Gauss-Newton steps,
   all vectorised over voxels; never a Python loop per voxel);
-* rule 1 (``RULE_MONOEXP``): lambda_eff > lambda_phys, the fit succeeded and its TIA is not excessive:
+* rule 1 (``TiaRule.MONOEXP``): lambda_eff > lambda_phys, the fit succeeded and its TIA is not excessive:
   TIA = integral of the fitted exponential from t = 0 to infinity = A0 / lambda_eff (eq. 6 as printed; the
   interval [0, t_1] is covered by the back-extrapolated exponential, i.e. instantaneous uptake, which is right for
   the fast-uptake organs of 177Lu-DOTATATE and is what the paper integrates; ``head="linear"`` instead uses a
@@ -13,14 +13,14 @@ Per voxel (or per VOI mean curve) A(t_1..t_n):
 * otherwise the trapezoid rule from (t = 0, A = 0) through the samples plus a physical-decay tail from the last
   sample, A_n / lambda_phys (eq. 6 second branch; the printed integral of A_3 exp(-lambda_phys t) from t_3 is read
   as A_3 exp(-lambda_phys (t - t_3)), the only reading that continues the curve at t_3), with the reason coded:
-  rule 2 (``RULE_SLOW``) lambda_eff <= lambda_phys (rising or clearing no faster than decay),
-  rule 3 (``RULE_FIT_FAILED``) fewer than 2 positive samples or a non-finite / non-positive fit,
-  rule 4 (``RULE_EXCESSIVE``) the mono-exponential TIA exceeds ``max_tia_ratio`` (default 2) times the
+  rule 2 (``TiaRule.SLOW``) lambda_eff <= lambda_phys (rising or clearing no faster than decay),
+  rule 3 (``TiaRule.FIT_FAILED``) fewer than 2 positive samples or a non-finite / non-positive fit,
+  rule 4 (``TiaRule.EXCESSIVE``) the mono-exponential TIA exceeds ``max_tia_ratio`` (default 2) times the
   trapezoid-plus-tail TIA of the same voxel. For a genuinely mono-exponential curve sampled at 4/24/48/120 h or
   0.5/4/24/48 h the ratio stays below 1.25 while lambda_eff * t_1 <= 2; above 2 the TIA is dominated by the
   back-extrapolation into [0, t_1], where nothing was measured. That is the "excessive TIA" of the paper, made
   explicit;
-* rule 0 (``RULE_BACKGROUND``): the voxel's peak activity is <= ``min_activity`` (default 0: only all-zero
+* rule 0 (``TiaRule.BACKGROUND``): the voxel's peak activity is <= ``min_activity`` (default 0: only all-zero
   curves): no fit, TIA by the trapezoid rule (0 for an all-zero curve).
 
 The RMSE map is the root mean square residual of the mono-exponential fit over the n samples (Bq/mL), the
@@ -29,11 +29,11 @@ paper's voxel-wise fit metric; it is 0 where no fit was made (rules 0 and 3).
 One time point (n = 1, t_1 > 0): nothing can be fitted, so a mono-exponential with an assumed effective decay
 constant is integrated from 0 to infinity through the one sample, TIA = A(t_1) exp(lambda t_1) / lambda:
 
-* rule 5 (``RULE_HANSCHEID``): Hänscheid et al. 2018 (J Nucl Med 59:75), TIA = A(t_1) 2 t_1 / ln 2, which is the
+* rule 5 (``TiaRule.HANSCHEID``): Hänscheid et al. 2018 (J Nucl Med 59:75), TIA = A(t_1) 2 t_1 / ln 2, which is the
   formula above with T_eff = t_1 (lambda = ln 2 / t_1). For a truly mono-exponential curve with effective
   half-life T the ratio to the true TIA is 2x / 2^x with x = t_1 / T: exact at t_1 = T and t_1 = 2T, at most
   +6.2 % between them (x = 1 / ln 2), -16 % at t_1 = 2T/3, -29 % at t_1 = T/2: measure late enough;
-* rule 6 (``RULE_PRIOR_HALF_LIFE``): a prior effective half-life T_eff for the voxel (per VOI in the manifest,
+* rule 6 (``TiaRule.PRIOR_HALF_LIFE``): a prior effective half-life T_eff for the voxel (per VOI in the manifest,
   ``prior_effective_half_life_h``), lambda = ln 2 / T_eff: the "prior information" method.
 
 ``lambda_eff`` is then that assumed constant (so the BED uses the same T_eff); the RMSE is 0 (nothing fitted).
@@ -46,6 +46,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -53,26 +54,34 @@ import numpy as np
 from ..errors import CorxError
 from .physics import LU177_LAMBDA_PER_H
 
-RULE_BACKGROUND = 0
-RULE_MONOEXP = 1
-RULE_SLOW = 2
-RULE_FIT_FAILED = 3
-RULE_EXCESSIVE = 4
-RULE_HANSCHEID = 5
-RULE_PRIOR_HALF_LIFE = 6
-RULE_NAMES: dict[int, str] = {
-    RULE_BACKGROUND: "background (peak <= min_activity): trapezoid + physical tail, no fit",
-    RULE_MONOEXP: "mono-exponential fit integrated from t=0",
-    RULE_SLOW: "trapezoid + physical tail: lambda_eff <= lambda_phys",
-    RULE_FIT_FAILED: "trapezoid + physical tail: fit failed",
-    RULE_EXCESSIVE: "trapezoid + physical tail: mono-exponential TIA excessive",
-    RULE_HANSCHEID: "one time point: Hänscheid, TIA = A(t) 2t / ln 2 (T_eff = t)",
-    RULE_PRIOR_HALF_LIFE: "one time point: prior effective half-life, TIA = A(t) exp(lambda t) / lambda",
+
+class TiaRule(IntEnum):
+    """How a voxel's TIA was integrated (module docstring); the values are the uint8 codes of ``tia_rule``."""
+
+    BACKGROUND = 0
+    MONOEXP = 1
+    SLOW = 2
+    FIT_FAILED = 3
+    EXCESSIVE = 4
+    HANSCHEID = 5
+    PRIOR_HALF_LIFE = 6
+
+
+RULE_NAMES: dict[TiaRule, str] = {
+    TiaRule.BACKGROUND: "background (peak <= min_activity): trapezoid + physical tail, no fit",
+    TiaRule.MONOEXP: "mono-exponential fit integrated from t=0",
+    TiaRule.SLOW: "trapezoid + physical tail: lambda_eff <= lambda_phys",
+    TiaRule.FIT_FAILED: "trapezoid + physical tail: fit failed",
+    TiaRule.EXCESSIVE: "trapezoid + physical tail: mono-exponential TIA excessive",
+    TiaRule.HANSCHEID: "one time point: Hänscheid, TIA = A(t) 2t / ln 2 (T_eff = t)",
+    TiaRule.PRIOR_HALF_LIFE: "one time point: prior effective half-life, TIA = A(t) exp(lambda t) / lambda",
 }
 
-RULE_SHORT: dict[int, str] = {RULE_BACKGROUND: "background", RULE_MONOEXP: "mono-exp", RULE_SLOW: "slow/rising",
-                              RULE_FIT_FAILED: "fit failed", RULE_EXCESSIVE: "excessive",
-                              RULE_HANSCHEID: "Hänscheid", RULE_PRIOR_HALF_LIFE: "prior T_eff"}
+RULE_SHORT: dict[TiaRule, str] = {
+    TiaRule.BACKGROUND: "background", TiaRule.MONOEXP: "mono-exp", TiaRule.SLOW: "slow/rising",
+    TiaRule.FIT_FAILED: "fit failed", TiaRule.EXCESSIVE: "excessive", TiaRule.HANSCHEID: "Hänscheid",
+    TiaRule.PRIOR_HALF_LIFE: "prior T_eff",
+}
 
 DEFAULT_MAX_TIA_RATIO = 2.0
 DEFAULT_GN_ITERATIONS = 3
@@ -85,7 +94,7 @@ class CurveTia:
     """Eq.-6 results for a batch of curves, flat arrays of length N (activity in Bq/mL, time in h)."""
 
     tia: np.ndarray          # Bq*h/mL, by the rule in ``rule``
-    rule: np.ndarray         # uint8 RULE_* codes
+    rule: np.ndarray         # uint8 TiaRule codes
     rmse: np.ndarray         # Bq/mL, mono-exponential fit residual (0 where not fitted)
     lambda_eff: np.ndarray   # 1/h, NaN where not fitted
     a0: np.ndarray           # Bq/mL, fitted intercept at t=0, NaN where not fitted
@@ -100,7 +109,7 @@ class TiaResult:
 
     tia_mbqh_per_ml: np.ndarray   # float32, MBq*h/mL
     rmse_bq_per_ml: np.ndarray    # float32, Bq/mL
-    rule: np.ndarray              # uint8, RULE_* codes
+    rule: np.ndarray              # uint8, TiaRule codes
     lambda_eff_per_h: np.ndarray  # float32, NaN where not fitted
     voxel_volume_ml: float
     hours: np.ndarray
@@ -287,8 +296,8 @@ def single_time_point_tia(curves: np.ndarray, hours: np.ndarray, prior_half_life
     mono = (a0 / lam).astype(np.float32)
     trap = trapezoid_tail(c, hours, lambda_phys)
     background = a1 <= min_activity
-    rule = np.where(has_prior, RULE_PRIOR_HALF_LIFE, RULE_HANSCHEID).astype(np.uint8)
-    rule[background] = RULE_BACKGROUND
+    rule = np.where(has_prior, TiaRule.PRIOR_HALF_LIFE, TiaRule.HANSCHEID).astype(np.uint8)
+    rule[background] = TiaRule.BACKGROUND
     nan = np.float32(np.nan)
     return CurveTia(tia=np.where(background, trap, mono).astype(np.float32), rule=rule,
                     rmse=np.zeros(n, np.float32), lambda_eff=np.where(background, nan, lam).astype(np.float32),
@@ -342,12 +351,12 @@ def tia_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, *,
     slow = ok & (lam <= lam_f)
     fast = ok & ~slow
     excessive = fast & ~(np.isfinite(mono) & (mono <= np.float32(max_tia_ratio) * trap))
-    rule = np.full(c.shape[1], RULE_FIT_FAILED, dtype=np.uint8)
-    rule[~fitted] = RULE_BACKGROUND
-    rule[slow] = RULE_SLOW
-    rule[excessive] = RULE_EXCESSIVE
+    rule = np.full(c.shape[1], TiaRule.FIT_FAILED, dtype=np.uint8)
+    rule[~fitted] = TiaRule.BACKGROUND
+    rule[slow] = TiaRule.SLOW
+    rule[excessive] = TiaRule.EXCESSIVE
     use_mono = fast & ~excessive
-    rule[use_mono] = RULE_MONOEXP
+    rule[use_mono] = TiaRule.MONOEXP
     tia = np.where(use_mono, mono, trap).astype(np.float32)
     rmse = np.where(ok, fit_rmse, np.float32(0.0)).astype(np.float32)
     nan = np.float32(np.nan)
