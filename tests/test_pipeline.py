@@ -502,3 +502,34 @@ def test_a_single_time_point_patient_runs_without_registration(internal: Path, t
         assert bool(res.summary["truth"]) is expect_truth
         assert [t["id"] for t in res.summary["timepoints"]] == [tp["id"]]
         assert (out / "report.html").is_file() and (out / "dose.nii.gz").is_file()
+
+
+def test_steps_follow_their_plan() -> None:
+    """Steps counts its own plan; a step that is not the next planned one is a bug, not a silent miscount."""
+    from corx.pipeline.steps import Steps
+
+    steps = Steps(["read", "write"], progress=False)
+    assert steps.total == 2 and steps.remaining == ("read", "write")
+    with steps.step("read"):
+        pass
+    with pytest.raises(RuntimeError, match="not the next planned step"), steps.step("publish"):
+        pass
+    with steps.step("write"):
+        pass
+    assert steps.remaining == () and set(steps.timings) == {"read", "write"}
+    with pytest.raises(ValueError, match="unique"):
+        Steps(["a", "a"], progress=False)
+
+
+def test_step_plan_of_a_run(internal: Path) -> None:
+    """The plan: reference, then register [refine] resample per moving time point, then the fixed tail."""
+    from corx.io.manifest import load_manifest
+    from corx.pipeline.run import step_plan
+
+    m = load_manifest(internal / "patient.json")
+    moving = [tp.id for tp in m.timepoints if tp.id != m.reference]
+    plan = step_plan(m, refine=2)
+    assert plan[:2] == ["read reference", f"resample {m.reference}"]
+    assert plan[2:5] == [f"register {moving[0]}", f"refine {moving[0]}", f"resample {moving[0]}"]
+    assert len(plan) == 2 + 3 * len(moving) + 2 + ("truth comparison" in plan) + 3
+    assert len(step_plan(m, refine=0)) == len(plan) - len(moving)

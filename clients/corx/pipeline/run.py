@@ -177,29 +177,38 @@ def _grid_text(shape: tuple[int, ...], affine: np.ndarray) -> str:
             f"{''.join(nib.aff2axcodes(affine))}")
 
 
+def step_plan(m: Manifest, refine: int) -> list[str]:
+    """The names of a run's steps, in the order :func:`run_pipeline` runs them (the progress bar's total)."""
+    plan = ["read reference"]
+    for tp in m.timepoints:
+        if tp.id != m.reference:
+            plan += [f"register {tp.id}"] + ([f"refine {tp.id}"] if refine else [])
+        plan.append(f"resample {tp.id}")
+    plan += ["registered manifest", "TIA, dose, VOI"]
+    if truth_applies(m.truth_dir, m.reference):
+        plan.append("truth comparison")
+    return [*plan, "figures", "report", "publish"]
+
+
 class _Run:
-    """One pipeline run: the state shared by the steps."""
+    """One pipeline run: the state shared by the steps; creating it reads the reference (step "read reference")."""
 
     def __init__(self, m: Manifest, staging: Staging, steps: Steps, method: Method, config: PreprocessConfig,
-                 refine: int, refine_lr: float, warn: Callable[[str], None]) -> None:
+                 refine: int, refine_lr: float, warn: Callable[[str], None], point: object = None) -> None:
         self.m, self.staging, self.steps, self.method = m, staging, steps, method
         self.config, self.refine, self.refine_lr = config, refine, refine_lr
         self.warn = warn  # input problems found on the way (e.g. negative SPECT voxels set to 0): console + report
         self.results: dict[str, _TimePointResult] = {}
-
-    def read_reference(self, point: object) -> None:
-        ref = self.m.reference_timepoint
-        with self.steps.step("read reference", file=ref.spect):
-            self.ref_spect = read_volume(ref.spect, "spect", ref.calibration_bq_per_count, warn=self.warn)
+        ref = m.reference_timepoint
+        with steps.step("read reference", file=ref.spect):
+            self.ref_spect = read_volume(ref.spect, "spect", ref.calibration_bq_per_count, warn=warn)
             self.ref_ct = read_volume(ref.ct, "ct")
             self.shape = tuple(int(s) for s in self.ref_spect.data.shape)
             self.affine = np.asarray(self.ref_spect.affine, dtype=np.float64)
-            self.labels = labels_on_grid(self.m.labels, self.shape, self.affine) if self.m.labels else None
-            self.vois = _vois(self.m, self.labels) if self.labels is not None else None
-            if point is not None:
-                self.point, self.point_how = parse_point(point, self.shape), "given with --point"
-            else:
-                self.point, self.point_how = hot_spot(self.ref_spect.data, self.affine, self.labels)
+            self.labels = labels_on_grid(m.labels, self.shape, self.affine) if m.labels else None
+            self.vois = _vois(m, self.labels) if self.labels is not None else None
+            self.point, self.point_how = ((parse_point(point, self.shape), "given with --point") if point is not None
+                                          else hot_spot(self.ref_spect.data, self.affine, self.labels))
             self.ct_ref_grid = warp_to_reference(self.ref_ct.data, self.ref_ct.affine, self.shape, self.affine,
                                                  None, outside=CT_OUTSIDE_HU)
             self.body = self.ct_ref_grid > -500.0
@@ -371,12 +380,8 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
             print(f"\n{'!' * 100}\nWARNING: {w}\n{'!' * 100}\n", flush=True)
     if overwrite:
         remove_stale_partials(out)
-    n_moving = len(m.timepoints) - 1
-    # read reference, resample reference, (register [refine] resample) per moving time point, registered
-    # manifest, TIA, truth, figures, report, publish
-    total = 2 + n_moving * (2 + (refine > 0)) + 2 + int(truth_applies(m.truth_dir, m.reference)) + 3
     staging = Staging(out, MANAGED)
-    steps = Steps(total, progress=progress and not quiet)
+    steps = Steps(step_plan(m, refine), progress=progress and not quiet)
     steps.timings["load method"] = t_load
     had_complete = (out / COMPLETE).exists()
     try:
@@ -385,8 +390,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
             if not quiet:
                 tqdm.write(f"WARNING: {message}", file=sys.stderr)
 
-        run = _Run(m, staging, steps, reg, cfg, refine, lr, warn)
-        run.read_reference(point)
+        run = _Run(m, staging, steps, reg, cfg, refine, lr, warn, point)
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
         run.write_registered_manifest()

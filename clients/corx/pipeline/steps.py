@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import USER_ERRORS, CorxError
@@ -16,22 +16,45 @@ class StepError(CorxError):
 
 
 class Steps:
-    """Runs the pipeline's steps in order, timing each and advancing a progress bar."""
+    """Runs the pipeline's steps in the order of a plan (their names), timing each and advancing a progress bar.
 
-    def __init__(self, total: int, progress: bool = True) -> None:
+    The plan gives the progress bar its total; running a step that is not the next one planned is a bug
+    (RuntimeError), so the plan and the code that runs the steps cannot drift apart.
+    """
+
+    def __init__(self, plan: Sequence[str], progress: bool = True) -> None:
+        self.plan: tuple[str, ...] = tuple(plan)
+        if len(set(self.plan)) != len(self.plan):
+            raise ValueError(f"step names must be unique, got {list(self.plan)}")
+        self.done: list[str] = []
         self.timings: dict[str, float] = {}
         self.current: str | None = None
         self._bar: Any = None
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc="corx pipeline", unit="step", file=sys.stderr, leave=True,
+            self._bar = tqdm(total=self.total, desc="corx pipeline", unit="step", file=sys.stderr, leave=True,
                              bar_format="{desc:<32}|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+
+    @property
+    def total(self) -> int:
+        """Number of planned steps."""
+        return len(self.plan)
+
+    @property
+    def remaining(self) -> tuple[str, ...]:
+        """The planned steps not run yet, in order."""
+        return self.plan[len(self.done):]
 
     @contextlib.contextmanager
     def step(self, name: str, file: object = None) -> Iterator[None]:
-        """Time the block as step ``name``. Bad input (:data:`USER_ERRORS`) is re-raised as StepError naming the
-        step and ``file``; anything else is a bug: it propagates unchanged, with a note naming the step."""
+        """Time the block as step ``name`` (the next planned one). Bad input (:data:`USER_ERRORS`) is re-raised as
+        StepError naming the step and ``file``; anything else is a bug: it propagates unchanged, with a note naming
+        the step."""
+        expected = self.remaining[0] if self.remaining else None
+        if name != expected:
+            raise RuntimeError(f"step {name!r} is not the next planned step ({expected!r}; plan {list(self.plan)})")
+        self.done.append(name)
         self.current = name
         if self._bar is not None:
             self._bar.set_description_str(name[:32])
