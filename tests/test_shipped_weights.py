@@ -18,8 +18,8 @@ import re
 import numpy as np
 import pytest
 
-from corx.backends import DEFAULT_CHECKPOINT
 from corx.evaluation.methods import WEIGHTS
+from corx.registration.backends import DEFAULT_CHECKPOINT
 
 UNSEEN_SEED, INDEX = 7, 2
 KIDNEY_ERROR_RATIO = 0.85  # trained kidney SPECT-field error / identity's must be below this
@@ -29,7 +29,7 @@ CENTROID_ERROR_RATIO = 0.6  # trained tumour centroid error / identity's must be
 @pytest.fixture(scope="module")
 def pair_and_truth(tmp_path_factory: pytest.TempPathFactory):
     from corx.evaluation.ground_truth import load_pair_truth
-    from corx.preprocess import preprocess_pair
+    from corx.registration.preprocess import preprocess_pair
     from corx_bundle.scripts.phantom import generate_patient
 
     folder = generate_patient(tmp_path_factory.mktemp("weights"), "internal", INDEX, UNSEEN_SEED, n_timepoints=3)
@@ -78,7 +78,7 @@ def test_weights_are_shipped_small_listed_and_load(method: str) -> None:
 
 @pytest.mark.slow
 def test_shipped_corx_weights_cut_the_ground_truth_error(pair_and_truth) -> None:
-    from corx.backends import TorchBackend
+    from corx.registration.backends import TorchBackend
 
     prepared, truth = pair_and_truth
     identity = ground_truth_errors(np.zeros((3, *prepared.image.shape[1:]), np.float32), prepared, truth)
@@ -118,7 +118,7 @@ def test_float16_storage_keeps_the_field_of_float32_weights(pair_and_truth, tmp_
     """The field of the float16-stored CoRX-NET matches its float32 twin within 1e-3 x the field's maximum."""
     import torch
 
-    from corx.backends import TorchBackend
+    from corx.registration.backends import TorchBackend
 
     prepared, _ = pair_and_truth
     stored = torch.load(WEIGHTS["corx"], map_location="cpu", weights_only=True)

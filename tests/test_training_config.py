@@ -177,3 +177,22 @@ def test_publish_weights_stores_float16_loads_back_and_refuses_to_clobber(tmp_pa
     publish(src, dst, half=False, overwrite=True)
     first_float = next(k for k, v in stored.items() if v.is_floating_point())
     assert torch.load(dst, weights_only=True)[first_float].dtype == torch.float32
+
+
+def test_wall_clock_budget_never_stops_inside_the_first_epoch() -> None:
+    """A budget that runs out during epoch 1 still lets epoch 1 finish (it is validated), then stops."""
+    import time
+
+    import torch
+    from ignite.engine import Engine, Events
+
+    from corx_bundle.scripts.handlers import WallClockCosineLR
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    engine = Engine(lambda e, b: time.sleep(0.01))
+    WallClockCosineLR(opt, budget_s=0.015).attach(engine)
+    epochs_done = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_done.append(e.state.epoch))
+    engine.run(range(5), max_epochs=10)
+    assert epochs_done == [1] and engine.state.iteration <= 6  # epoch 1 whole, at most one step of epoch 2
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # annealed to eta_min once the budget was spent

@@ -14,8 +14,10 @@ class WallClockCosineLR:
 
     At every iteration the learning rate is ``eta_min + (lr0 - eta_min) * (1 + cos(pi * f)) / 2`` with ``f`` the
     fraction of the budget used so far (``lr0`` = the optimizer's initial rate, ``eta_min = eta_min_ratio * lr0``);
-    once ``f`` reaches 1 the trainer terminates (its COMPLETED handlers, e.g. the final checkpoint, still run).
-    For a GPU lent for minutes: the schedule anneals fully whatever the step time turns out to be.
+    once ``f`` reaches 1 the trainer terminates (its COMPLETED handlers, e.g. the final checkpoint, still run),
+    but never inside the first epoch: a run always ends with at least one validated checkpoint, however slow the
+    machine (the rest of epoch 1 runs at ``eta_min``). For a GPU lent for minutes: the schedule anneals fully
+    whatever the step time turns out to be.
     """
 
     def __init__(self, optimizer: Any, budget_s: float, eta_min_ratio: float = 0.05) -> None:
@@ -37,8 +39,8 @@ class WallClockCosineLR:
         return 0.0 if self.start is None else (time.monotonic() - self.start) / self.budget_s
 
     def _step(self, engine: Engine) -> None:
-        f = self.fraction()
-        if f >= 1.0:
+        f = min(self.fraction(), 1.0)
+        if f >= 1.0 and engine.state.epoch > 1:  # epoch 1 always completes (and is validated)
             engine.terminate()
             return
         scale = self.eta_min_ratio + (1.0 - self.eta_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * f))
