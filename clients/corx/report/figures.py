@@ -26,9 +26,11 @@ import nibabel as nib
 import numpy as np
 from nibabel.affines import voxel_sizes
 
+from ..dosimetry.tia import RULE_SHORT
+
 CT_WINDOW_HU = (-350.0, 450.0)
-RULE_COLOURS = ("#000000", "#2c7bb6", "#fdae61", "#d7191c", "#abd9e9")
-RULE_LABELS = ("background", "mono-exp", "slow/rising", "fit failed", "excessive")
+RULE_COLOURS = ("#000000", "#2c7bb6", "#fdae61", "#d7191c", "#abd9e9", "#1a9641", "#a6d96a")  # by TiaRule
+RULE_LABELS = tuple(RULE_SHORT[rule] for rule in sorted(RULE_SHORT))
 DPI = 80
 
 
@@ -307,7 +309,8 @@ def tia_figure(d: FigureData, target: Path) -> Path:
         ("TIA (MBq h/mL)", d.tia, {"cmap": "hot", "vmin": 0, "vmax": tia_max}),
         ("fit RMSE (Bq/mL)", d.rmse, {"cmap": "viridis", "vmin": 0, "vmax": _rmse_scale(d.rmse, d.rule)}),
         ("eq.-6 rule", d.rule.astype(np.float32), {"cmap": ListedColormap(RULE_COLOURS),
-                                                   "norm": BoundaryNorm(np.arange(-0.5, 5.5), 5)}),
+                                                   "norm": BoundaryNorm(np.arange(-0.5, len(RULE_COLOURS)),
+                                                                       len(RULE_COLOURS))}),
     ]
     if d.dose is not None:
         columns.append(("dose (Gy)", d.dose, {"cmap": "inferno", "vmin": 0,
@@ -328,7 +331,7 @@ def tia_figure(d: FigureData, target: Path) -> Path:
             axes[row, col].set_title(f"{title} ({name})", fontsize=9)
     handles = [Patch(color=c, label=f"{i} {n}") for i, (c, n) in enumerate(zip(RULE_COLOURS, RULE_LABELS,
                                                                                  strict=True))]
-    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=5, title="eq.-6 rule", title_fontsize=8)
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles), title="TIA rule", title_fontsize=8)
     fig.suptitle(f"{d.patient_id}: voxel TIA on the reference {d.reference} SPECT grid ({d.method}); "
                  f"time points {', '.join(d.ids)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
