@@ -86,7 +86,7 @@ def server(exported: dict):
 
 
 def test_export_is_checked_and_writes_configs_for_its_size(exported: dict) -> None:
-    from corx_bundle.scripts.export import render_configs
+    from corx_bundle.scripts.export import read_config, render_configs
 
     report = exported["report"]
     assert report.max_abs_field > 0.05  # a real field, so the comparison below means something
@@ -94,10 +94,9 @@ def test_export_is_checked_and_writes_configs_for_its_size(exported: dict) -> No
     assert report.max_abs_diff["torchscript"] <= 1e-4
     repo = exported["repo"]
     assert (repo / "corxnet" / "1" / "model.onnx").is_file() and (repo / "corxnet_ts" / "1" / "model.pt").is_file()
-    assert "dims: [ 4, 64, 64, 64 ]" in (repo / "corxnet" / "config.pbtxt").read_text()
+    assert list(read_config(repo / "corxnet" / "config.pbtxt").input[0].dims) == [4, 64, 64, 64]
     for name in ("corxnet", "corxnet_trt", "corxnet_ts"):  # the clients integrate the velocity output
-        assert f'key: "integration_steps", value: {{ string_value: "{STEPS}" }}' in \
-            (repo / name / "config.pbtxt").read_text(), name
+        assert read_config(repo / name / "config.pbtxt").parameters["integration_steps"].string_value == str(STEPS)
     # the tracked configs are exactly what the generator writes for 128^3
     for name, text in render_configs((128, 128, 128)).items():
         assert (ROOT / "triton_repo" / name / "config.pbtxt").read_text() == text, name
@@ -357,14 +356,15 @@ def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path
     from corx.registration.backends import TorchBackend
     from corx.registration.triton_client import TritonBackend
     from corx.serving.server import TritonServer, free_port
-    from corx_bundle.scripts.export import write_repository
+    from corx_bundle.scripts.export import read_config, write_repository
 
     repo = tmp_path / "repo"
     shutil.copytree(exported["repo"], repo)
     write_repository(repo, (SIZE,) * 3, runtime="torchscript-bf16")
     config = (repo / "corxnet" / "config.pbtxt").read_text()
     assert 'string_value: "torchscript-bf16"' in config
-    assert f'key: "integration_steps", value: {{ string_value: "{STEPS}" }}' in config  # kept on re-render
+    assert read_config(repo / "corxnet" / "config.pbtxt").parameters["integration_steps"].string_value == \
+        str(STEPS)  # kept on re-render
     pair = _pair(5)
     exact = TorchBackend(exported["checkpoint"], embed_dim=EMBED).infer(pair)
     local_bf16 = TorchBackend(exported["checkpoint"], embed_dim=EMBED, precision="bf16").infer(pair)
