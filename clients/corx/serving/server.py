@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,18 +179,19 @@ class TritonServer:
             return "(see the server log above)" if str(self.log_path) == "-" else ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def _get(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2.0) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except (urllib.error.URLError, OSError):
-            return 0
-
     def is_ready(self) -> bool:
-        """Server live and ``corxnet`` ready (HTTP health endpoints)."""
-        return self._get("/v2/health/ready") == 200 and self._get(f"/v2/models/{self.model}/ready") == 200
+        """Server live and ``corxnet`` ready, asked through tritonclient's HTTP client (the health API)."""
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=2.0)
+            try:
+                return bool(client.is_server_ready() and client.is_model_ready(self.model))
+            finally:
+                client.close()
+        except (InferenceServerException, OSError):  # not listening yet, or refusing while it starts
+            return False
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Poll the health endpoints until ready, the process exits, or ``timeout`` seconds pass."""
