@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from corx.dosimetry.physics import LU177_HALF_LIFE_H, LU177_LAMBDA_PER_H
+from corx.dosimetry.bed import effective_half_life_h
 from corx.dosimetry.tia import tia_from_curves
 from corx.io.manifest import load_manifest
 
@@ -61,15 +60,8 @@ def measure(patient: Path) -> dict[str, dict[str, object]]:
         act = np.array([spect[np.isin(lab, labels)].sum() * vv * 1e-6 for spect, lab in frames])  # MBq
         fit = tia_from_curves(act[:, None].astype(np.float32), m.hours)
         out[name] = {"hours": m.hours, "activity_mbq": act, "true_mbqh": float(imaged[mask_ref].sum() * vv),
-                     "multi_mbqh": float(fit.tia[0]), "t_eff_h": effective_half_life(float(fit.lambda_eff[0]))}
+                     "multi_mbqh": float(fit.tia[0]), "t_eff_h": float(effective_half_life_h(fit.lambda_eff[0]))}
     return out
-
-
-def effective_half_life(lambda_eff: float) -> float:
-    """ln 2 / lambda_eff, at most the physical half-life (no fit, or clearing slower than decay: T_phys)."""
-    if not np.isfinite(lambda_eff) or lambda_eff <= LU177_LAMBDA_PER_H:
-        return LU177_HALF_LIFE_H
-    return math.log(2) / lambda_eff
 
 
 def single(activity: float, hours: float, prior_h: float | None) -> float:

@@ -9,7 +9,8 @@ tia_rmse.nii.gz            mono-exponential fit RMSE, Bq/mL (float32)
 tia_sd.nii.gz              standard deviation of the TIA from the fit's covariance, MBq*h/mL (float32; NaN where
                            the voxel was not integrated by its mono-exponential fit or with < 3 time points)
 tia_rule.nii.gz            uint8 rule codes: 0 background, 1 mono-exp, 2 trapezoid (lambda_eff <= lambda_phys),
-                           3 trapezoid (fit failed), 4 trapezoid (mono-exp TIA excessive); see corx.dosimetry.tia
+                           3 trapezoid (fit failed), 4 trapezoid (mono-exp TIA excessive), 5 single time point
+                           Hänscheid, 6 single time point with a prior T_eff; see corx.dosimetry.tia.TiaRule
 dose.nii.gz                absorbed dose, Gy (float32), by --dose: 'dvk' (default, 177Lu kernel convolution with
                            density scaling) or 'led' (local deposition); mass from the reference CT; see
                            corx.dosimetry.dose
@@ -131,20 +132,17 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                                                              if out.multimodel else None),
                                  prior_half_life_h=prior_half_life_h)
         voxel_mm = voxel_sizes(np.asarray(affine, float))
+        masks = {voi.name: np.isin(labels, voi.labels) for voi in vois or ()}
         for row, voi in zip(out.voi_rows, vois or (), strict=True):
-            row.update(voi_uncertainty_columns(row["tia_fit_sd_percent"], np.isin(labels, voi.labels), voxel_mm,
-                                               calibration_sd_percent))
-        if out.dose is not None:
-            for row, voi in zip(out.voi_rows, vois or (), strict=True):
-                mask = np.isin(labels, voi.labels)
+            mask = masks[voi.name]
+            row.update(voi_uncertainty_columns(row["tia_fit_sd_percent"], mask, voxel_mm, calibration_sd_percent))
+            if out.dose is not None:
                 row["dose_mode"] = out.dose.mode
                 row.update({f"mean_dose_{m}_gy": float(d[mask].mean()) for m, d in sorted(out.dose.by_mode.items())})
-        if out.bed is not None and out.voi_rows:
-            for row, voi in zip(out.voi_rows, vois or (), strict=True):
+            if out.bed is not None:
                 row.update(voi_bed_columns(row, voi, out.bed.bed_gy, labels, out.bed.params))
         if out.dose is not None:
-            out.dvh = cumulative_dvh({voi.name: out.dose.dose_gy[np.isin(labels, voi.labels)]
-                                      for voi in vois or ()})
+            out.dvh = cumulative_dvh({name: out.dose.dose_gy[mask] for name, mask in masks.items()})
         times["voi"] = time.perf_counter() - t0
     return out
 
