@@ -367,6 +367,22 @@ def test_a_failed_write_publishes_nothing(internal: Path, tmp_path: Path, monkey
     assert not (fresh / COMPLETE).exists() and not [p for p in fresh.iterdir()]
 
 
+def test_a_failed_background_image_write_publishes_nothing(internal: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """NIfTI images are written on worker threads: their failure still names the file and publishes nothing."""
+    import corx.pipeline.staging as staging
+
+    def broken_save(data: object, affine: object, target: Path, **kwargs: object) -> None:
+        if "jacobian" in str(target):
+            raise OSError("disk full")
+
+    monkeypatch.setattr(staging, "save_image", broken_save)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(CorxError, match=r"writing .*fields/jacobian_\w+\.nii\.gz failed: OSError: disk full"):
+        run_pipeline(internal / "patient.json", fresh, method="identity", progress=False, quiet=True)
+    assert not (fresh / COMPLETE).exists() and not [p for p in fresh.iterdir()]
+
+
 def test_option_errors_are_clear(internal: Path, tmp_path: Path) -> None:
     run = lambda **kw: run_pipeline(internal / "patient.json", tmp_path / "o", progress=False, quiet=True, **kw)  # noqa: E731
     with pytest.raises(CorxError, match=r"--refine .* cannot be used with --server"):

@@ -157,3 +157,30 @@ def test_invalid_inputs_are_refused_with_the_role_named() -> None:
         preprocess_pair(Volume(np.ones((8, 8, 8), np.float32), np.zeros((4, 4))), good, good, good)
     with pytest.raises(CorxError, match="no positive activity"):
         preprocess_pair(good, good, Volume(np.zeros((8, 8, 8), np.float32), np.eye(4)), good)
+
+
+def test_the_reference_is_prepared_once_per_patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ReferenceCache prepares the fixed channels once and gives the same input as preprocess_pair."""
+    import corx.registration.methods as methods
+    from corx.registration.methods import ReferenceCache
+
+    spect_aff = np.diag([4.0, 4.0, 4.0, 1.0])
+    ct_aff = np.diag([2.0, 2.0, 4.0, 1.0])
+    fixed_ct = Volume(blobs((24, 24, 12), 1, 800.0, -400.0), ct_aff)
+    fixed_spect = Volume(blobs((12, 12, 12), 2, 50.0), spect_aff)
+    movings = [(Volume(blobs((24, 24, 12), 3 + i, 800.0, -400.0), ct_aff),
+                Volume(blobs((12, 12, 12), 5 + i, 50.0), spect_aff)) for i in range(2)]
+    cfg = PreprocessConfig(spatial_size=(16, 16, 16), pixdim=(4.0, 4.0, 4.0))
+    calls = []
+    real = methods.prepare_reference
+    monkeypatch.setattr(methods, "prepare_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = ReferenceCache(cfg)
+    for ct, spect in movings:
+        ours = cache.pair(fixed_ct, ct, fixed_spect, spect)
+        expected = preprocess_pair(fixed_ct, ct, fixed_spect, spect, cfg)
+        np.testing.assert_array_equal(ours.image, expected.image)
+        np.testing.assert_array_equal(ours.moving_ct_hu, expected.moving_ct_hu)
+        np.testing.assert_allclose(ours.affine, expected.affine)
+    assert len(calls) == 1
+    cache.pair(Volume(fixed_ct.data.copy(), ct_aff), movings[0][0], fixed_spect, movings[0][1])
+    assert len(calls) == 2  # another fixed image: prepared again

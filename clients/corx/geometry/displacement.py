@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import CorxError
+from .resample import affine_resample
 
 NIFTI_INTENT_DISPVECT = 1006
 CT_OUTSIDE_HU = -1000.0  # registered CT outside the moving CT's field of view: air
@@ -43,9 +44,7 @@ def world_displacement(field: np.ndarray, field_affine: np.ndarray, ref_shape: t
     if u.shape[1:] == shape and np.allclose(mapping, np.eye(4), atol=1e-6):
         sampled = u
     else:
-        sampled = np.stack([ndimage.affine_transform(u[c], mapping[:3, :3], offset=mapping[:3, 3],
-                                                     output_shape=shape, order=1, mode="nearest")
-                            for c in range(3)])
+        sampled = np.stack([affine_resample(u[c], mapping, shape, order=1, mode="nearest") for c in range(3)])
     return np.einsum("ij,j...->i...", f_aff[:3, :3], sampled).astype(np.float32)
 
 
@@ -69,8 +68,7 @@ def warp_to_reference(data: np.ndarray, affine: np.ndarray, ref_shape: tuple[int
         if src.shape == shape and np.allclose(to_src, np.eye(4), atol=1e-6):
             return src.copy()
         mode = "nearest" if outside is None else "grid-constant"
-        return ndimage.affine_transform(src, to_src[:3, :3], offset=to_src[:3, 3], output_shape=shape, order=1,
-                                        mode=mode, cval=0.0 if outside is None else float(outside))
+        return affine_resample(src, to_src, shape, order=1, mode=mode, cval=0.0 if outside is None else float(outside))
     # source voxel = A_src^-1 (A_ref q + d) = to_src q + A_src^-1[:3,:3] d
     q = np.indices(shape, dtype=np.float32).reshape(3, -1)
     inv3 = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3]).astype(np.float32)

@@ -44,6 +44,7 @@ from ..geometry.displacement import (
     world_displacement,
 )
 from ..geometry.warp import field_to_nifti
+from ..io.concurrency import concurrently
 from ..io.dicom import study_uids
 from ..io.inputs import labels_on_grid, read_volume
 from ..io.manifest import Manifest, TimePoint, load_manifest
@@ -211,6 +212,7 @@ class _Run:
                                           else hot_spot(self.ref_spect.data, self.affine, self.labels))
             self.ct_ref_grid = warp_to_reference(self.ref_ct.data, self.ref_ct.affine, self.shape, self.affine,
                                                  None, outside=CT_OUTSIDE_HU)
+            self.ref_spect_grid = self.ref_spect.data.astype(np.float32, copy=True)
             self.body = self.ct_ref_grid > -500.0
 
     def register(self, tp: TimePoint) -> tuple[GridField | None, Volume, Volume, dict[str, Any] | None]:
@@ -240,12 +242,23 @@ class _Run:
             shape, affine = self.shape, self.affine
             disp = (np.zeros((3, *shape), np.float32) if gf is None
                     else world_displacement(gf.field, gf.affine, shape, affine))
-            spect_after = warp_to_reference(spect.data, spect.affine, shape, affine, disp, outside=0.0)
-            ct_after = warp_to_reference(ct.data, ct.affine, shape, affine, disp, outside=CT_OUTSIDE_HU)
-            spect_before = warp_to_reference(spect.data, spect.affine, shape, affine, None, outside=0.0)
-            ct_before = warp_to_reference(ct.data, ct.affine, shape, affine, None, outside=CT_OUTSIDE_HU)
             u = voxel_field(disp, affine)
-            jac = jacobian_determinant(u).astype(np.float32)
+            # independent interpolations run at once (scipy releases the GIL); the reference's resampled images
+            # were made when it was read; without a displacement the registered images are the resampled ones
+            work: dict[str, Callable[[], np.ndarray]] = {
+                "jacobian": lambda: jacobian_determinant(u).astype(np.float32, copy=False)}
+            if tp.id != self.m.reference:
+                work["spect_before"] = lambda: self._on_grid(spect, 0.0)
+                work["ct_before"] = lambda: self._on_grid(ct, CT_OUTSIDE_HU)
+            moved = bool(np.any(disp))
+            if moved:
+                work["spect_after"] = lambda: self._on_grid(spect, 0.0, disp)
+                work["ct_after"] = lambda: self._on_grid(ct, CT_OUTSIDE_HU, disp)
+            done = {"spect_before": self.ref_spect_grid, "ct_before": self.ct_ref_grid,
+                    **dict(zip(work, concurrently(*work.values()), strict=True))}
+            jac, spect_before, ct_before = done["jacobian"], done["spect_before"], done["ct_before"]
+            spect_after = done["spect_after"] if moved else spect_before
+            ct_after = done["ct_after"] if moved else ct_before
             norm = np.sqrt((disp.astype(np.float64) ** 2).sum(axis=0))
             stats: dict[str, Any] = {
                 "id": tp.id, "hours": tp.hours, "max_disp_mm": float(norm.max()),
@@ -264,6 +277,10 @@ class _Run:
             st.nifti(f"fields/field_itk_{tp.id}.nii.gz", itk_displacement_image(disp, affine))
             st.image(f"fields/jacobian_{tp.id}.nii.gz", jac, affine, dtype=np.float32)
             self.results[tp.id] = _TimePointResult(ct_before, ct_after, spect_before, spect_after, disp, jac, stats)
+
+    def _on_grid(self, vol: Volume, outside: float, disp_mm: np.ndarray | None = None) -> np.ndarray:
+        """``vol`` sampled on the reference SPECT grid, displaced by ``disp_mm`` (world mm) when given."""
+        return warp_to_reference(vol.data, vol.affine, self.shape, self.affine, disp_mm, outside=outside)
 
     def write_registered_manifest(self) -> None:
         with self.steps.step("registered manifest"):

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import CorxError
+from ..io.concurrency import submit
 from ..io.imageio import atomic_path, save_image, save_json
 
 COMPLETE = "COMPLETE"
@@ -55,6 +57,7 @@ class Staging:
         self.out.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.out))
         self.written: list[str] = []
+        self._pending: list[Future[Path]] = []
 
     def path(self, rel: str) -> Path:
         """Staged location of the output ``rel`` (e.g. ``fields/field_24h.nii.gz``); parents are created."""
@@ -76,16 +79,34 @@ class Staging:
             raise CorxError(f"writing {self.out / rel} failed: {type(exc).__name__}: {exc}") from exc
         return self._record(rel)
 
+    def _in_background(self, rel: str, write: Any) -> Path:
+        """Write on a worker thread (gzip releases the GIL); :meth:`flush` waits and raises its error."""
+        self.path(rel)  # parents now, in this thread
+        self._pending.append(submit(self._guard, rel, write))
+        return self.out / rel
+
+    def flush(self) -> None:
+        """Wait for the background writes; the first failure is raised (as CorxError naming the file)."""
+        pending, self._pending = self._pending, []
+        errors = []
+        for future in pending:
+            try:
+                future.result()
+            except CorxError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
     def image(self, rel: str, data: np.ndarray, affine: np.ndarray, dtype: Any = np.float32) -> Path:
-        """Stage a NIfTI image (atomic write)."""
-        return self._guard(rel, lambda p: save_image(data, affine, p, dtype=dtype))
+        """Stage a NIfTI image (atomic write, in the background: ``data`` must not change afterwards)."""
+        return self._in_background(rel, lambda p: save_image(data, affine, p, dtype=dtype))
 
     def nifti(self, rel: str, img: nib.Nifti1Image) -> Path:
-        """Stage a prepared NIfTI image object (atomic write)."""
+        """Stage a prepared NIfTI image object (atomic write, in the background)."""
         def write(p: Path) -> None:
             with atomic_path(p) as tmp:
                 nib.save(img, str(tmp))
-        return self._guard(rel, write)
+        return self._in_background(rel, write)
 
     def json(self, rel: str, obj: Any) -> Path:
         """Stage a JSON document (atomic write)."""
@@ -106,6 +127,7 @@ class Staging:
 
     def commit(self, info: dict[str, Any]) -> Path:
         """Move the staged entries into ``out`` (replacing earlier results) and write ``COMPLETE`` last."""
+        self.flush()
         marker = self.out / COMPLETE
         if marker.exists():
             marker.unlink()
@@ -132,6 +154,9 @@ class Staging:
 
     def discard(self) -> None:
         """Remove the staging folder (after a failure); earlier results in ``out`` stay as they were."""
+        for future in self._pending:
+            future.exception()  # wait: a write still running must not recreate files in the removed folder
+        self._pending = []
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import CorxError
 from ..io.volume import Volume
 from .backends import Backend
-from .preprocess import PreparedPair, PreprocessConfig, preprocess_pair
+from .preprocess import PreparedPair, PreparedReference, PreprocessConfig, prepare_moving, prepare_reference
 from .register import check_backend_shape
 
 METHODS = ("corx", "identity", "elastix", "elastix-spect")
@@ -40,6 +40,23 @@ class Method(Protocol):
                  moving_spect: Volume) -> GridField: ...
 
 
+class ReferenceCache:
+    """The prepared fixed channels of the last reference seen: every pair of a patient shares them."""
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+        self._fixed: tuple[Volume, Volume] | None = None  # held, so identity comparison stays valid
+        self._reference: PreparedReference | None = None
+
+    def pair(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume, moving_spect: Volume) -> PreparedPair:
+        """The network input of one pair; the fixed half is prepared once per (fixed CT, fixed SPECT) object."""
+        same = self._fixed is not None and self._fixed[0] is fixed_ct and self._fixed[1] is fixed_spect
+        if self._reference is None or not same:
+            self._reference = prepare_reference(fixed_ct, fixed_spect, self.config)
+            self._fixed = (fixed_ct, fixed_spect)
+        return prepare_moving(self._reference, moving_ct, moving_spect)
+
+
 class NetworkMethod:
     """CoRX-NET through a backend."""
 
@@ -48,9 +65,10 @@ class NetworkMethod:
     def __init__(self, backend: Backend, config: PreprocessConfig) -> None:
         check_backend_shape(backend, config)
         self.backend, self.config = backend, config
+        self.prepare = ReferenceCache(config)
 
     def register(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume, moving_spect: Volume) -> GridField:
-        prepared = preprocess_pair(fixed_ct, moving_ct, fixed_spect, moving_spect, self.config)
+        prepared = self.prepare.pair(fixed_ct, moving_ct, fixed_spect, moving_spect)
         field = np.asarray(self.backend.infer(prepared.image), dtype=np.float32)
         if field.shape != (3, *prepared.image.shape[1:]):
             raise CorxError(f"the backend returned a field of shape {field.shape}, expected "
@@ -64,11 +82,12 @@ class IdentityMethod:
     name = "identity"
 
     def __init__(self, config: PreprocessConfig, prepare: bool = False) -> None:
-        self.config, self.prepare = config, prepare
+        self.config = config
+        self.prepare = ReferenceCache(config) if prepare else None
 
     def register(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume, moving_spect: Volume) -> GridField:
-        if self.prepare:
-            prepared = preprocess_pair(fixed_ct, moving_ct, fixed_spect, moving_spect, self.config)
+        if self.prepare is not None:
+            prepared = self.prepare.pair(fixed_ct, moving_ct, fixed_spect, moving_spect)
             return GridField(np.zeros((3, *prepared.image.shape[1:]), np.float32), prepared.affine, prepared)
         return GridField(np.zeros((3, *fixed_spect.data.shape), np.float32), fixed_spect.affine)
 

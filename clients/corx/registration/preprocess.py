@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from ..errors import CorxError
+from ..geometry.resample import affine_resample
+from ..io.concurrency import concurrently
 from ..io.volume import Volume, load_volume
 
 AFFINE_TOL = 1e-3  # MONAI's tolerance: a spacing within it of the target is kept as it is
@@ -70,9 +72,28 @@ class PreparedPair:
     """The network input and what is needed to warp and write the result."""
 
     image: np.ndarray  # (4, X, Y, Z) float32 in [0, 1]: fixed CT, moving CT, fixed SPECT, moving SPECT
-    moving_ct_hu: np.ndarray  # (X, Y, Z) float32, HU, on the network grid
     moving_spect_bqml: np.ndarray  # (X, Y, Z) float32, Bq/mL, on the network grid
     affine: np.ndarray  # (4, 4) affine of the network grid
+    moving_ct: Volume  # the moving CT in RAS, HU (source of :attr:`moving_ct_hu`)
+    grid: tuple[tuple[int, int, int], np.ndarray]  # the resampling grid (shape, affine) before crop/pad
+    size: tuple[int, int, int]  # the network size
+
+    @cached_property
+    def moving_ct_hu(self) -> np.ndarray:
+        """(X, Y, Z) float32, HU, on the network grid (border padding, edge pad); made when first asked for."""
+        hu = resample(self.moving_ct, *self.grid, "border")
+        return crop_or_pad(hu, self.grid[1], self.size, mode="edge")[0]
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    """The fixed half of every pair of a patient: the fixed CT and SPECT channels on the network grid."""
+
+    fixed_ct: np.ndarray  # (X, Y, Z) float32 in [0, 1]
+    fixed_spect: np.ndarray  # (X, Y, Z) float32 in [0, 1]
+    grid: tuple[tuple[int, int, int], np.ndarray]  # resampling grid (shape, affine) before crop/pad
+    affine: np.ndarray  # (4, 4) affine of the network grid
+    config: PreprocessConfig
 
 
 def as_volume(value: Volume | str | os.PathLike | tuple[np.ndarray, np.ndarray], role: str) -> Volume:
@@ -152,10 +173,7 @@ def resample(vol: Volume, shape: tuple[int, ...], affine: np.ndarray, padding: s
     if tuple(shape) == vol.data.shape and np.allclose(xform, np.eye(4), atol=AFFINE_TOL):
         return vol.data.astype(np.float32, copy=True)
     mode = {"zeros": "grid-constant", "border": "nearest"}[padding]
-    coords = np.indices(shape, dtype=np.float64).reshape(3, -1)
-    src = xform[:3, :3] @ coords + xform[:3, 3:4]
-    out = ndimage.map_coordinates(vol.data.astype(np.float64), src, order=1, mode=mode, cval=0.0, prefilter=False)
-    return out.reshape(shape).astype(np.float32)
+    return affine_resample(vol.data.astype(np.float32, copy=False), xform, shape, order=1, mode=mode)
 
 
 def crop_or_pad(data: np.ndarray, affine: np.ndarray, size: tuple[int, int, int],
@@ -202,35 +220,48 @@ def _check_overlap(vol: Volume, grid_shape: tuple[int, ...], grid_affine: np.nda
         raise CorxError(f"{role}: the image does not overlap the fixed SPECT in space (check the affines)")
 
 
+def prepare_reference(fixed_ct: object, fixed_spect: object,
+                      config: PreprocessConfig | None = None) -> PreparedReference:
+    """The fixed channels of the bundle's inference preprocessing, made once per patient."""
+    cfg = config or PreprocessConfig()
+    ct, spect = to_ras(as_volume(fixed_ct, "fixed_ct")), to_ras(as_volume(fixed_spect, "fixed_spect"))
+    shape, grid = spacing_grid(spect.data.shape, spect.affine, cfg.pixdim)
+    _check_overlap(ct, shape, grid, "fixed_ct")
+    if not np.any(spect.data > 0):
+        raise CorxError("fixed_spect: the SPECT image has no positive activity")
+    size = tuple(int(s) for s in cfg.spatial_size)
+    ct_g, spect_g = concurrently(
+        lambda: resample(Volume(window_ct(ct.data, cfg.ct_window_hu), ct.affine), shape, grid, "zeros"),
+        lambda: resample(spect, shape, grid, "border"))
+    ct_c, affine = crop_or_pad(ct_g, grid, size)  # type: ignore[arg-type]
+    spect_c, _ = crop_or_pad(spect_g, grid, size)  # type: ignore[arg-type]
+    return PreparedReference(fixed_ct=ct_c, fixed_spect=normalize_spect(spect_c, cfg.spect_normalization,
+                                                                        cfg.log_scale),
+                             grid=(shape, grid), affine=affine, config=cfg)
+
+
+def prepare_moving(reference: PreparedReference, moving_ct: object, moving_spect: object) -> PreparedPair:
+    """The network input of one moving (CT, SPECT) against a :func:`prepare_reference` result."""
+    cfg = reference.config
+    ct, spect = to_ras(as_volume(moving_ct, "moving_ct")), to_ras(as_volume(moving_spect, "moving_spect"))
+    shape, grid = reference.grid
+    for vol, role in ((ct, "moving_ct"), (spect, "moving_spect")):
+        _check_overlap(vol, shape, grid, role)
+    if not np.any(spect.data > 0):
+        raise CorxError("moving_spect: the SPECT image has no positive activity")
+    size = tuple(int(s) for s in cfg.spatial_size)
+    ct_g, spect_g = concurrently(
+        lambda: resample(Volume(window_ct(ct.data, cfg.ct_window_hu), ct.affine), shape, grid, "zeros"),
+        lambda: resample(spect, shape, grid, "zeros"))
+    ct_c, affine = crop_or_pad(ct_g, grid, size)  # type: ignore[arg-type]
+    spect_bqml, _ = crop_or_pad(spect_g, grid, size)  # type: ignore[arg-type]
+    image = np.stack([reference.fixed_ct, ct_c, reference.fixed_spect,
+                      normalize_spect(spect_bqml, cfg.spect_normalization, cfg.log_scale)]).astype(np.float32)
+    return PreparedPair(image=image, moving_spect_bqml=spect_bqml, affine=affine, moving_ct=ct,
+                        grid=(shape, grid), size=size)  # type: ignore[arg-type]
+
+
 def preprocess_pair(fixed_ct: object, moving_ct: object, fixed_spect: object, moving_spect: object,
                     config: PreprocessConfig | None = None) -> PreparedPair:
     """Run the bundle's inference preprocessing on one pair; inputs are paths, Volumes or (data, affine)."""
-    cfg = config or PreprocessConfig()
-    vols = {role: to_ras(as_volume(v, role))
-            for role, v in zip(ROLES, (fixed_ct, moving_ct, fixed_spect, moving_spect), strict=True)}
-    fixed = vols["fixed_spect"]
-    shape, grid = spacing_grid(fixed.data.shape, fixed.affine, cfg.pixdim)
-    for role in ("fixed_ct", "moving_ct", "moving_spect"):
-        _check_overlap(vols[role], shape, grid, role)
-    if not np.any(vols["fixed_spect"].data > 0) or not np.any(vols["moving_spect"].data > 0):
-        raise CorxError("fixed_spect/moving_spect: a SPECT image has no positive activity")
-
-    fixed_spect_g = resample(fixed, shape, grid, "border")
-    cts = {r: Volume(window_ct(vols[r].data, cfg.ct_window_hu), vols[r].affine) for r in ("fixed_ct", "moving_ct")}
-    on_grid = {
-        "fixed_ct": resample(cts["fixed_ct"], shape, grid, "zeros"),
-        "moving_ct": resample(cts["moving_ct"], shape, grid, "zeros"),
-        "fixed_spect": fixed_spect_g,
-        "moving_spect": resample(vols["moving_spect"], shape, grid, "zeros"),
-    }
-    moving_ct_hu = resample(vols["moving_ct"], shape, grid, "border")
-    size = tuple(int(s) for s in cfg.spatial_size)
-    channels = {}
-    for role, data in on_grid.items():
-        channels[role], affine = crop_or_pad(data, grid, size)  # type: ignore[arg-type]
-    moving_ct_hu, _ = crop_or_pad(moving_ct_hu, grid, size, mode="edge")  # type: ignore[arg-type]
-    moving_spect_bqml = channels["moving_spect"].copy()
-    for role in ("fixed_spect", "moving_spect"):
-        channels[role] = normalize_spect(channels[role], cfg.spect_normalization, cfg.log_scale)
-    image = np.stack([channels[r] for r in ROLES]).astype(np.float32)
-    return PreparedPair(image=image, moving_ct_hu=moving_ct_hu, moving_spect_bqml=moving_spect_bqml, affine=affine)
+    return prepare_moving(prepare_reference(fixed_ct, fixed_spect, config), moving_ct, moving_spect)
