@@ -282,6 +282,36 @@ def test_small_network_in_process_with_refinement(internal: Path, tmp_path: Path
     ref = _ref_spect(internal)
     field = nib.load(str(tmp_path / "out" / "fields" / f"field_{moving[0]['id']}.nii.gz"))
     assert field.shape == (*ref.shape, 3)
+    # the network's share of the run is measured (the benchmark's floor)
+    assert 0.0 < res.summary["network_forward_s"] < res.summary["total_s"]
+
+
+def test_a_network_made_in_the_background_reports_its_error_when_used() -> None:
+    from corx.registration.backends import BackgroundBackend
+
+    def broken() -> object:
+        raise CorxError("weights.pt: not a checkpoint")
+
+    backend = BackgroundBackend(broken)  # type: ignore[arg-type]
+    assert backend.input_shape == ()
+    with pytest.raises(CorxError, match=r"weights\.pt: not a checkpoint"):
+        backend.infer(np.zeros((4, 8, 8, 8), np.float32))
+    backend.close()  # nothing to close, no error
+
+    class Doubling:
+        input_shape = ()
+        closed = False
+
+        def infer(self, pair: np.ndarray) -> np.ndarray:
+            return pair[:3] * 2
+
+        def close(self) -> None:
+            Doubling.closed = True
+
+    made = BackgroundBackend(Doubling)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(made.infer(np.ones((4, 2, 2, 2), np.float32)), np.full((3, 2, 2, 2), 2.0))
+    made.close()
+    assert Doubling.closed
 
 
 # ------------------------------------------------------------------------------------- nothing lost, errors
@@ -393,6 +423,10 @@ def test_option_errors_are_clear(internal: Path, tmp_path: Path) -> None:
         run(method="identity", server="127.0.0.1:1")
     with pytest.raises(CorxError, match=r"--point .* not a voxel"):
         run(method="identity", point="1000,1,1")
+    with pytest.raises(CorxError, match="unknown --precision"):
+        run(precision="fp16")
+    with pytest.raises(CorxError, match="--precision applies to in-process CoRX-NET only"):
+        run(method="identity", precision="bf16")
     assert not (tmp_path / "o" / COMPLETE).exists()
 
 

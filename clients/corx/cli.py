@@ -83,7 +83,7 @@ class Commands:
     def pipeline(self, manifest: str, out: str, method: str = "corx", server: str | None = None,
                  protocol: str = "http", refine: int = 0, checkpoint: str | None = None, random_init: bool = False,
                  point: str | None = None, overwrite: bool = False, radiobiology: str | None = None,
-                 dose: str = "dvk") -> None:
+                 dose: str = "dvk", precision: str = "fp32") -> None:
         """Register every time point to the reference, then TIA, dose, VOI table, figures and report.html in OUT.
 
         Args:
@@ -95,11 +95,13 @@ class Commands:
             point: 'i,j,k' reference SPECT voxel for the profiles (default: the hottest tumour-like spot).
             radiobiology: JSON file overriding the BED tissue parameters (layout of corx/data/radiobiology.json).
             dose: 'dvk' (kernel convolution, default) or 'led' (local deposition) as dose.nii.gz; both in voi.csv.
+            precision: in-process network arithmetic: 'fp32' (default) or 'bf16' (about 2x faster on CPUs with
+                bf16 instructions; fields differ by bf16 rounding, README "Pipeline speed").
         """
         from .pipeline.run import pipeline_command
 
         pipeline_command(manifest, out, method, server, protocol, refine, checkpoint, random_init, point, overwrite,
-                         radiobiology, dose)
+                         radiobiology, dose, precision)
 
     def export(self, checkpoint: str | None = None, random_init: bool = False, repo: str | None = None,
                spatial_size: int = 128, max_batch: int = 4, torchscript: bool = True, tensorrt: bool = False,

@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from ..errors import CorxError
+from ..io.concurrency import concurrently
 from ..io.imageio import atomic_path, save_image, save_json
 from .bed import BedResult, bed_map, load_radiobiology, voi_bed_columns
 from .dose import DoseResult, cumulative_dvh, dose_from_ct
@@ -200,26 +202,25 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
                   extra: dict[str, Any] | None = None, dicom_uids: dict[str, str] | None = None) -> list[Path]:
     """Write the maps, VOI table, DICOM dose/SEG and summary into ``out`` (atomic, no clobbering without
     ``overwrite``); ``dicom_uids`` see :func:`write_dicom_outputs`."""
-    written = [
-        save_image(result.tia.tia_mbqh_per_ml, affine, out / "tia.nii.gz", overwrite, np.float32),
-        save_image(result.tia.rmse_bq_per_ml, affine, out / "tia_rmse.nii.gz", overwrite, np.float32),
-        save_image(result.tia.rule, affine, out / "tia_rule.nii.gz", overwrite, np.uint8),
+    images: list[tuple[np.ndarray, str, Any]] = [
+        (result.tia.tia_mbqh_per_ml, "tia.nii.gz", np.float32),
+        (result.tia.rmse_bq_per_ml, "tia_rmse.nii.gz", np.float32),
+        (result.tia.rule, "tia_rule.nii.gz", np.uint8),
     ]
     if result.tia.tia_sd_mbqh_per_ml is not None:
-        written.append(save_image(result.tia.tia_sd_mbqh_per_ml, affine, out / "tia_sd.nii.gz", overwrite,
-                                  np.float32))
+        images.append((result.tia.tia_sd_mbqh_per_ml, "tia_sd.nii.gz", np.float32))
     if result.dose is not None:
-        written.append(save_image(result.dose.dose_gy, affine, out / "dose.nii.gz", overwrite, np.float32))
-        for mode, dose in sorted(result.dose.by_mode.items()):
-            if mode != result.dose.mode:
-                written.append(save_image(dose, affine, out / f"dose_{mode}.nii.gz", overwrite, np.float32))
+        images.append((result.dose.dose_gy, "dose.nii.gz", np.float32))
+        images += [(dose, f"dose_{mode}.nii.gz", np.float32) for mode, dose in sorted(result.dose.by_mode.items())
+                   if mode != result.dose.mode]
     if result.bed is not None:
-        written.append(save_image(result.bed.bed_gy, affine, out / "bed.nii.gz", overwrite, np.float32))
+        images.append((result.bed.bed_gy, "bed.nii.gz", np.float32))
     if result.multimodel is not None:
-        written.append(save_image(result.multimodel.model, affine, out / "tia_model.nii.gz", overwrite,
-                                  np.uint8))
-        written.append(save_image(result.multimodel.tia_mbqh_per_ml, affine, out / "tia_multimodel.nii.gz",
-                                  overwrite, np.float32))
+        images += [(result.multimodel.model, "tia_model.nii.gz", np.uint8),
+                   (result.multimodel.tia_mbqh_per_ml, "tia_multimodel.nii.gz", np.float32)]
+    # gzip releases the GIL: the images are compressed on worker threads at once
+    written = concurrently(*(partial(save_image, data, affine, out / name, overwrite, dtype)
+                             for data, name, dtype in images))
     if result.voi_rows:
         written.append(write_voi_csv(result.voi_rows, out / "voi.csv", overwrite))
     if result.dvh is not None:

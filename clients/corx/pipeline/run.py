@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,18 @@ from ..geometry.displacement import (
     world_displacement,
 )
 from ..geometry.warp import field_to_nifti
-from ..io.concurrency import concurrently
+from ..io.concurrency import concurrently, submit
 from ..io.dicom import study_uids
 from ..io.inputs import labels_on_grid, read_volume
 from ..io.manifest import Manifest, TimePoint, load_manifest
 from ..io.volume import Volume
-from ..registration.backends import DEFAULT_CHECKPOINT, Backend, make_backend
+from ..registration.backends import (
+    DEFAULT_CHECKPOINT,
+    Backend,
+    BackgroundBackend,
+    inprocess_checkpoint,
+    make_backend,
+)
 from ..registration.methods import METHODS, ElastixMethod, GridField, IdentityMethod, Method, NetworkMethod
 from ..registration.preprocess import PreprocessConfig, preprocess_pair
 from ..report.figures import FigureData, render_all
@@ -62,6 +69,7 @@ from .truth import compare_with_truth, imaged_truth, truth_applies, truth_csv
 UNTRAINED_WARNING = ("untrained network: the registration is near identity (freshly initialised CoRX-NET weights; "
                      "no trained model at bundle/models/model.pt)")
 PROTOCOLS = ("http", "grpc")
+PRECISIONS = ("fp32", "bf16")
 
 #: every output, relative to DIR (``<id>`` = each time point id); all images on the reference SPECT grid
 OUTPUTS: dict[str, str] = {
@@ -119,7 +127,8 @@ class _TimePointResult:
     stats: dict[str, Any]
 
 
-def _check_options(method: str | Method, server: str | None, protocol: str, refine: int) -> None:
+def _check_options(method: str | Method, server: str | None, protocol: str, refine: int,
+                   precision: str = "fp32") -> None:
     if isinstance(method, str) and method not in METHODS:
         raise CorxError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
     if protocol not in PROTOCOLS:
@@ -128,14 +137,19 @@ def _check_options(method: str | Method, server: str | None, protocol: str, refi
         raise CorxError(f"--server applies to --method corx only, not {method!r}")
     if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
         raise CorxError(f"--refine must be a number of steps >= 0, got {refine!r}")
+    if precision not in PRECISIONS:
+        raise CorxError(f"unknown --precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if precision != "fp32" and (server is not None or method != "corx"):
+        raise CorxError("--precision applies to in-process CoRX-NET only (a Triton model's precision is chosen "
+                        "when it is exported)")
     if refine and server is not None:
         raise CorxError("--refine runs test-time optimisation with PyTorch in this process; it cannot be used with "
                         "--server (run without --server, or without --refine)")
 
 
 def _make_method(method: str | Method, server: str | None, protocol: str, refine: int, backend: Backend | None,
-                 checkpoint: str | None, random_init: bool, config: PreprocessConfig
-                 ) -> tuple[Method, str, Backend | None]:
+                 checkpoint: str | None, random_init: bool, config: PreprocessConfig, precision: str = "fp32",
+                 threads: int | None = None) -> tuple[Method, str, Backend | None]:
     """The registration method, a description of the network, and a backend this function created."""
     if not isinstance(method, str):
         return method, f"{method.name} (Python API)", None
@@ -149,9 +163,11 @@ def _make_method(method: str | Method, server: str | None, protocol: str, refine
             backend = created = make_backend(protocol, url=server)
             what = f"CoRX-NET on Triton at {server} ({protocol})"
         else:
-            backend = created = make_backend("inprocess", checkpoint=checkpoint, random_init=random_init)
+            inprocess_checkpoint(checkpoint, random_init)  # missing torch or weights: refused now, not later
+            backend = created = BackgroundBackend(lambda: make_backend(
+                "inprocess", checkpoint=checkpoint, random_init=random_init, precision=precision, threads=threads))
             what = ("CoRX-NET in-process, freshly initialised weights (untrained)" if random_init else
-                    f"CoRX-NET in-process, weights {checkpoint or DEFAULT_CHECKPOINT}")
+                    f"CoRX-NET in-process, weights {checkpoint or DEFAULT_CHECKPOINT}") + f", {precision}"
     else:
         what = f"CoRX-NET, {type(backend).__name__}" + (" (untrained)" if random_init else "")
     return NetworkMethod(backend, config), what, created
@@ -200,6 +216,7 @@ class _Run:
         self.config, self.refine, self.refine_lr = config, refine, refine_lr
         self.warn = warn  # input problems found on the way (e.g. negative SPECT voxels set to 0): console + report
         self.results: dict[str, _TimePointResult] = {}
+        self._reads: dict[str, Future[tuple[Volume, Volume]]] = {}
         ref = m.reference_timepoint
         with steps.step("read reference", file=ref.spect):
             self.ref_spect = read_volume(ref.spect, "spect", ref.calibration_bq_per_count, warn=warn)
@@ -214,13 +231,14 @@ class _Run:
                                                  None, outside=CT_OUTSIDE_HU)
             self.ref_spect_grid = self.ref_spect.data.astype(np.float32, copy=True)
             self.body = self.ct_ref_grid > -500.0
+        self._prefetch_next()
 
     def register(self, tp: TimePoint) -> tuple[GridField | None, Volume, Volume, dict[str, Any] | None]:
         if tp.id == self.m.reference:
             return None, self.ref_ct, self.ref_spect, None
         with self.steps.step(f"register {tp.id}", file=tp.spect):
-            ct = read_volume(tp.ct, "ct")
-            spect = read_volume(tp.spect, "spect", tp.calibration_bq_per_count, warn=self.warn)
+            ct, spect = self._read(tp).result()
+            self._prefetch_next()
             gf = self.method.register(self.ref_ct, ct, self.ref_spect, spect)
         refined = None
         if self.refine:
@@ -278,6 +296,19 @@ class _Run:
             st.image(f"fields/jacobian_{tp.id}.nii.gz", jac, affine, dtype=np.float32)
             self.results[tp.id] = _TimePointResult(ct_before, ct_after, spect_before, spect_after, disp, jac, stats)
 
+    def _read(self, tp: TimePoint) -> Future[tuple[Volume, Volume]]:
+        """The (CT, SPECT) of ``tp``, read on a worker thread (gzip releases the GIL), once."""
+        if tp.id not in self._reads:
+            self._reads[tp.id] = submit(lambda: (read_volume(tp.ct, "ct"), read_volume(
+                tp.spect, "spect", tp.calibration_bq_per_count, warn=self.warn)))
+        return self._reads[tp.id]
+
+    def _prefetch_next(self) -> None:
+        """Start reading the next moving time point not yet asked for, while the current one is processed."""
+        waiting = [t for t in self.m.timepoints if t.id != self.m.reference and t.id not in self._reads]
+        if waiting:
+            self._read(waiting[0])
+
     def _on_grid(self, vol: Volume, outside: float, disp_mm: np.ndarray | None = None) -> np.ndarray:
         """``vol`` sampled on the reference SPECT grid, displaced by ``disp_mm`` (world mm) when given."""
         return warp_to_reference(vol.data, vol.affine, self.shape, self.affine, disp_mm, outside=outside)
@@ -313,9 +344,13 @@ class _Run:
             extra = {"patient_id": self.m.patient_id, "manifest": str(self.m.path), "reference": self.m.reference,
                      "timepoints": ids, "reference_ct": str(self.m.reference_timepoint.ct),
                      "labels": str(self.m.labels) if self.m.labels else None, "registered_by": "corx pipeline"}
-            for path in write_outputs(result, self.affine, self.staging.root, extra=extra,
-                                      dicom_uids=study_uids(self.m.reference_timepoint.ct)):
-                self.staging.adopt(path.name)
+            uids = study_uids(self.m.reference_timepoint.ct)
+
+            def write() -> None:
+                for path in write_outputs(result, self.affine, self.staging.root, extra=extra, dicom_uids=uids):
+                    self.staging.adopt(path.name)
+
+            self.staging.later(write)  # maps, DICOM and tables are written while the figures are drawn
         return result
 
     def truth(self, result: TiaOutputs) -> tuple[list[dict[str, Any]], np.ndarray | None]:
@@ -365,7 +400,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
                  checkpoint: str | None = None, random_init: bool = False, point: object = None,
                  threads: int | None = None, progress: bool = True, quiet: bool = False,
                  warnings: Sequence[str] = (), radiobiology: str | os.PathLike | None = None,
-                 dose_mode: str = DEFAULT_DOSE_MODE) -> PipelineResult:
+                 dose_mode: str = DEFAULT_DOSE_MODE, precision: str = "fp32") -> PipelineResult:
     """Run the whole pipeline for one patient into ``out`` (see the module and README "Pipeline").
 
     ``method`` is a name (:data:`corx.registration.methods.METHODS`) or a :class:`~corx.registration.methods.Method`
@@ -377,7 +412,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     t_start = time.perf_counter()
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     out = Path(out)
-    _check_options(method, server, protocol, refine)
+    _check_options(method, server, protocol, refine, precision)
     load_radiobiology(radiobiology)  # a bad parameter file or option fails now, not after the registration
     dose_mode = parse_dose_mode(dose_mode)
     check_out_dir(out, overwrite, MANAGED, _input_paths(m))
@@ -386,7 +421,8 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     if method == "corx" and random_init and UNTRAINED_WARNING not in all_warnings:
         all_warnings.append(UNTRAINED_WARNING)
     t_load = time.perf_counter()
-    reg, network, created = _make_method(method, server, protocol, refine, backend, checkpoint, random_init, cfg)
+    reg, network, created = _make_method(method, server, protocol, refine, backend, checkpoint, random_init, cfg,
+                                         precision, threads)
     t_load = time.perf_counter() - t_load
     method_name = method if isinstance(method, str) else reg.name
     from ..registration.refine import DEFAULT_LR
@@ -462,6 +498,7 @@ def _summary(run: _Run, result: TiaOutputs, method: str, network: str, warnings:
         "voi": result.voi_rows or [], "truth": truth_rows,
         "timings_s": {**timings, **{f"tia: {k}": v for k, v in result.timings_s.items()}},
         "total_s": time.perf_counter() - t_start, "outputs": OUTPUTS,
+        "network_forward_s": (float(sum(run.method.infer_s)) if isinstance(run.method, NetworkMethod) else None),
     }
 
 
@@ -498,8 +535,9 @@ def print_summary(res: PipelineResult) -> None:
 def pipeline_command(manifest: str, out: str, method: str = "corx", server: str | None = None,
                      protocol: str = "http", refine: int = 0, checkpoint: str | None = None,
                      random_init: bool = False, point: object = None, overwrite: bool = False,
-                     radiobiology: str | None = None, dose: str = DEFAULT_DOSE_MODE) -> PipelineResult:
+                     radiobiology: str | None = None, dose: str = DEFAULT_DOSE_MODE,
+                     precision: str = "fp32") -> PipelineResult:
     """The `corx pipeline` command line."""
     return run_pipeline(manifest, out, method=method, server=server, protocol=protocol, refine=refine,
                         overwrite=overwrite, checkpoint=checkpoint, random_init=random_init, point=point,
-                        radiobiology=radiobiology, dose_mode=dose)
+                        radiobiology=radiobiology, dose_mode=dose, precision=precision)

@@ -57,7 +57,7 @@ class Staging:
         self.out.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.out))
         self.written: list[str] = []
-        self._pending: list[Future[Path]] = []
+        self._pending: list[Future[Any]] = []
 
     def path(self, rel: str) -> Path:
         """Staged location of the output ``rel`` (e.g. ``fields/field_24h.nii.gz``); parents are created."""
@@ -84,6 +84,11 @@ class Staging:
         self.path(rel)  # parents now, in this thread
         self._pending.append(submit(self._guard, rel, write))
         return self.out / rel
+
+    def later(self, write: Any) -> None:
+        """Run ``write()`` (which records what it writes, e.g. with :meth:`adopt`) on a worker thread;
+        :meth:`flush` waits for it."""
+        self._pending.append(submit(write))
 
     def flush(self) -> None:
         """Wait for the background writes; the first failure is raised (as CorxError naming the file)."""

@@ -8,7 +8,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,6 +74,52 @@ def _as_batch(pair: np.ndarray) -> tuple[np.ndarray, bool]:
     raise CorxError(f"pair must be (4, X, Y, Z) or (B, 4, X, Y, Z), got shape {arr.shape}")
 
 
+def inprocess_checkpoint(checkpoint: str | os.PathLike | None, random_init: bool) -> str | os.PathLike | None:
+    """The weights in-process CoRX-NET will load (None with ``random_init``); CorxError when PyTorch or the
+    weights are missing. Cheap: nothing is imported."""
+    if importlib.util.find_spec("torch") is None:
+        raise CorxError("in-process CoRX-NET needs PyTorch, which this installation lacks: "
+                        "pip install 'corx[net]', or register through a Triton server (--server HOST:PORT), "
+                        "or --method identity")
+    if checkpoint is None and not random_init:
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CorxError(f"no trained weights at {DEFAULT_CHECKPOINT}: pass --checkpoint PATH, or "
+                            "--random_init for freshly initialised weights (tests only)")
+        return DEFAULT_CHECKPOINT
+    return checkpoint
+
+
+class BackgroundBackend:
+    """A backend made on its own thread, so that importing PyTorch and MONAI and reading the weights (seconds)
+    overlaps with the caller's work (the pipeline reads and resamples the reference meanwhile). The first
+    :meth:`infer` waits for it; an error while making it is raised there."""
+
+    def __init__(self, make: Callable[[], Backend], input_shape: tuple[int, ...] = ()) -> None:
+        self.input_shape = input_shape
+        self._made: Future[Backend] = Future()
+        self._thread = threading.Thread(target=self._make, args=(make,), name="corx-load-network", daemon=True)
+        self._thread.start()
+
+    def _make(self, make: Callable[[], Backend]) -> None:
+        try:
+            self._made.set_result(make())
+        except BaseException as exc:  # handed to the caller of infer()
+            self._made.set_exception(exc)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend, once made (waits)."""
+        return self._made.result()
+
+    def infer(self, pair: np.ndarray) -> np.ndarray:
+        return self.backend.infer(pair)
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._made.exception() is None:
+            self._made.result().close()
+
+
 class TorchBackend:
     """CoRX-NET in this process with PyTorch (lazy import); ``precision`` "fp32" or "bf16" (autocast).
 
@@ -81,22 +131,13 @@ class TorchBackend:
                  seed: int = 0, channels_last: bool = True, **overrides: Any) -> None:
         if precision not in ("fp32", "bf16"):
             raise CorxError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        try:
-            import torch
-        except ModuleNotFoundError as err:
-            raise CorxError("in-process CoRX-NET needs PyTorch, which this installation lacks: "
-                            "pip install 'corx[net]', or register through a Triton server (--server HOST:PORT), "
-                            "or --method identity") from err
+        checkpoint = inprocess_checkpoint(checkpoint, random_init)
+        import torch
 
         from corx_bundle.scripts.export import load_network
         from corx_bundle.scripts.inferers import displacement_from_output as integrate
         from corx_bundle.scripts.network import output_integration_steps, to_channels_last
 
-        if checkpoint is None and not random_init:
-            if not DEFAULT_CHECKPOINT.is_file():
-                raise CorxError(f"no trained weights at {DEFAULT_CHECKPOINT}: pass --checkpoint PATH, or "
-                                "--random_init for freshly initialised weights (tests only)")
-            checkpoint = DEFAULT_CHECKPOINT
         if threads:
             torch.set_num_threads(int(threads))
         self.torch = torch

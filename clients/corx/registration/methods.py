@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,10 +67,13 @@ class NetworkMethod:
         check_backend_shape(backend, config)
         self.backend, self.config = backend, config
         self.prepare = ReferenceCache(config)
+        self.infer_s: list[float] = []  # wall time of each backend call (the network's share of registration)
 
     def register(self, fixed_ct: Volume, moving_ct: Volume, fixed_spect: Volume, moving_spect: Volume) -> GridField:
         prepared = self.prepare.pair(fixed_ct, moving_ct, fixed_spect, moving_spect)
+        start = time.perf_counter()
         field = np.asarray(self.backend.infer(prepared.image), dtype=np.float32)
+        self.infer_s.append(time.perf_counter() - start)
         if field.shape != (3, *prepared.image.shape[1:]):
             raise CorxError(f"the backend returned a field of shape {field.shape}, expected "
                             f"{(3, *prepared.image.shape[1:])}")

@@ -42,9 +42,9 @@ def check_backend_shape(backend: Backend, config: PreprocessConfig) -> None:
 def warp_prepared(prepared: PreparedPair, field: np.ndarray) -> Registration:
     """Warp the moving CT and SPECT (physical units) with ``field`` on the network grid."""
     field = np.asarray(field, dtype=np.float32)
-    if field.shape != (3, *prepared.moving_ct_hu.shape):
+    if field.shape != (3, *prepared.moving_spect_bqml.shape):
         raise CorxError(f"the backend returned a field of shape {field.shape}, expected "
-                        f"{(3, *prepared.moving_ct_hu.shape)}")
+                        f"{(3, *prepared.moving_spect_bqml.shape)}")
     if not np.isfinite(field).all():
         raise CorxError("the backend returned a field with NaN or infinite values")
     return Registration(field=field, warped_ct=warp_image(prepared.moving_ct_hu, field),
