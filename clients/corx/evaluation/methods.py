@@ -68,7 +68,7 @@ class IdentityMethod:
         return None
 
     def field(self, prepared: PreparedPair, pair: Pair) -> tuple[np.ndarray, dict[str, Any]]:
-        return np.zeros((3, *prepared.moving_ct_hu.shape), np.float32), {"seconds": 0.0}
+        return np.zeros((3, *prepared.moving_spect_bqml.shape), np.float32), {"seconds": 0.0}
 
 
 class ElastixMethod:
@@ -172,7 +172,7 @@ class OracleMethod:
         if not pair.reference:
             raise CorxError(f"{pair.name}: the oracle needs a pair whose fixed image is the reference")
         u, affine = load_field(pair.patient_dir / "truth" / f"field_spect_{pair.moving_id}.nii.gz")
-        u_net, _ = resample_field(u, affine, prepared.moving_ct_hu.shape, prepared.affine)
+        u_net, _ = resample_field(u, affine, prepared.moving_spect_bqml.shape, prepared.affine)
         return u_net, {"seconds": 0.0}
 
 
