@@ -286,6 +286,28 @@ def test_small_network_in_process_with_refinement(internal: Path, tmp_path: Path
     assert 0.0 < res.summary["network_forward_s"] < res.summary["total_s"]
 
 
+def test_coarsened_refinement_lowers_the_loss_and_keeps_the_full_grid() -> None:
+    pytest.importorskip("torch")
+    from scipy import ndimage
+
+    from corx.registration.refine import refine_field
+
+    rng = np.random.default_rng(3)
+    fixed = [ndimage.gaussian_filter(rng.random((24, 24, 24)), 2.0).astype(np.float32) for _ in range(2)]
+    fixed = [(f - f.min()) / (f.max() - f.min()) for f in fixed]
+    moving = [np.roll(f, 2, axis=0) for f in fixed]  # a 2-voxel shift to recover
+    image = np.stack([fixed[0], moving[0], fixed[1], moving[1]])
+    zero = np.zeros((3, 24, 24, 24), np.float32)
+    full = refine_field(image, zero, 8, coarsen=1)
+    coarse = refine_field(image, zero, 8, coarsen=2)
+    for r in (full, coarse):
+        assert r.field.shape == zero.shape and r.loss_after < r.loss_before
+    # the correction moves the grid the right way (towards +2 voxels along axis 0) on both grids
+    assert coarse.field[0].mean() > 0.2 and full.field[0].mean() > 0.2
+    with pytest.raises(CorxError, match="coarsen"):
+        refine_field(image, zero, 2, coarsen=0)
+
+
 def test_a_network_made_in_the_background_reports_its_error_when_used() -> None:
     from corx.registration.backends import BackgroundBackend
 
@@ -423,6 +445,8 @@ def test_option_errors_are_clear(internal: Path, tmp_path: Path) -> None:
         run(method="identity", server="127.0.0.1:1")
     with pytest.raises(CorxError, match=r"--point .* not a voxel"):
         run(method="identity", point="1000,1,1")
+    with pytest.raises(CorxError, match="--refine_coarsen must be an integer"):
+        run(refine=2, refine_coarsen=0)
     with pytest.raises(CorxError, match="unknown --precision"):
         run(precision="fp16")
     with pytest.raises(CorxError, match="--precision applies to in-process CoRX-NET only"):

@@ -128,7 +128,7 @@ class _TimePointResult:
 
 
 def _check_options(method: str | Method, server: str | None, protocol: str, refine: int,
-                   precision: str = "fp32") -> None:
+                   precision: str = "fp32", refine_coarsen: int = 1) -> None:
     if isinstance(method, str) and method not in METHODS:
         raise CorxError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
     if protocol not in PROTOCOLS:
@@ -142,6 +142,8 @@ def _check_options(method: str | Method, server: str | None, protocol: str, refi
     if precision != "fp32" and (server is not None or method != "corx"):
         raise CorxError("--precision applies to in-process CoRX-NET only (a Triton model's precision is chosen "
                         "when it is exported)")
+    if not isinstance(refine_coarsen, int) or isinstance(refine_coarsen, bool) or refine_coarsen < 1:
+        raise CorxError(f"--refine_coarsen must be an integer >= 1, got {refine_coarsen!r}")
     if refine and server is not None:
         raise CorxError("--refine runs test-time optimisation with PyTorch in this process; it cannot be used with "
                         "--server (run without --server, or without --refine)")
@@ -211,9 +213,10 @@ class _Run:
     """One pipeline run: the state shared by the steps; creating it reads the reference (step "read reference")."""
 
     def __init__(self, m: Manifest, staging: Staging, steps: Steps, method: Method, config: PreprocessConfig,
-                 refine: int, refine_lr: float, warn: Callable[[str], None], point: object = None) -> None:
+                 refine: int, refine_lr: float, warn: Callable[[str], None], point: object = None,
+                 refine_coarsen: int = 1) -> None:
         self.m, self.staging, self.steps, self.method = m, staging, steps, method
-        self.config, self.refine, self.refine_lr = config, refine, refine_lr
+        self.config, self.refine, self.refine_lr, self.refine_coarsen = config, refine, refine_lr, refine_coarsen
         self.warn = warn  # input problems found on the way (e.g. negative SPECT voxels set to 0): console + report
         self.results: dict[str, _TimePointResult] = {}
         self._reads: dict[str, Future[tuple[Volume, Volume]]] = {}
@@ -249,9 +252,10 @@ class _Run:
                 if gf.field.shape[1:] != prepared.image.shape[1:] or not np.allclose(gf.affine, prepared.affine,
                                                                                      atol=1e-3):
                     raise CorxError("the method's field is not on the network grid; it cannot be refined")
-                r = refine_field(prepared.image, gf.field, self.refine, self.refine_lr)
+                r = refine_field(prepared.image, gf.field, self.refine, self.refine_lr, coarsen=self.refine_coarsen)
                 gf = GridField(r.field, gf.affine, prepared)
-                refined = {"steps": r.steps, "loss_before": r.loss_before, "loss_after": r.loss_after}
+                refined = {"steps": r.steps, "loss_before": r.loss_before, "loss_after": r.loss_after,
+                           "coarsen": self.refine_coarsen}
         return gf, ct, spect, refined
 
     def resample(self, tp: TimePoint, gf: GridField | None, ct: Volume, spect: Volume,
@@ -400,7 +404,8 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
                  checkpoint: str | None = None, random_init: bool = False, point: object = None,
                  threads: int | None = None, progress: bool = True, quiet: bool = False,
                  warnings: Sequence[str] = (), radiobiology: str | os.PathLike | None = None,
-                 dose_mode: str = DEFAULT_DOSE_MODE, precision: str = "fp32") -> PipelineResult:
+                 dose_mode: str = DEFAULT_DOSE_MODE, precision: str = "fp32",
+                 refine_coarsen: int = 1) -> PipelineResult:
     """Run the whole pipeline for one patient into ``out`` (see the module and README "Pipeline").
 
     ``method`` is a name (:data:`corx.registration.methods.METHODS`) or a :class:`~corx.registration.methods.Method`
@@ -412,7 +417,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     t_start = time.perf_counter()
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     out = Path(out)
-    _check_options(method, server, protocol, refine, precision)
+    _check_options(method, server, protocol, refine, precision, refine_coarsen)
     load_radiobiology(radiobiology)  # a bad parameter file or option fails now, not after the registration
     dose_mode = parse_dose_mode(dose_mode)
     check_out_dir(out, overwrite, MANAGED, _input_paths(m))
@@ -443,7 +448,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
             if not quiet:
                 tqdm.write(f"WARNING: {message}", file=sys.stderr)
 
-        run = _Run(m, staging, steps, reg, cfg, refine, lr, warn, point)
+        run = _Run(m, staging, steps, reg, cfg, refine, lr, warn, point, refine_coarsen)
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
         run.write_registered_manifest()
@@ -536,8 +541,9 @@ def pipeline_command(manifest: str, out: str, method: str = "corx", server: str 
                      protocol: str = "http", refine: int = 0, checkpoint: str | None = None,
                      random_init: bool = False, point: object = None, overwrite: bool = False,
                      radiobiology: str | None = None, dose: str = DEFAULT_DOSE_MODE,
-                     precision: str = "fp32") -> PipelineResult:
+                     precision: str = "fp32", refine_coarsen: int = 1) -> PipelineResult:
     """The `corx pipeline` command line."""
     return run_pipeline(manifest, out, method=method, server=server, protocol=protocol, refine=refine,
                         overwrite=overwrite, checkpoint=checkpoint, random_init=random_init, point=point,
-                        radiobiology=radiobiology, dose_mode=dose, precision=precision)
+                        radiobiology=radiobiology, dose_mode=dose, precision=precision,
+                        refine_coarsen=refine_coarsen)
