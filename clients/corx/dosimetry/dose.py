@@ -29,6 +29,7 @@ about LED x 1.04.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from nibabel.affines import voxel_sizes
@@ -36,6 +37,7 @@ from scipy import ndimage, signal
 
 from ..errors import CorxError
 from ..geometry.resample import resample_to_grid
+from ..io.concurrency import concurrently
 from .dose_kernel import DEFAULT_RADIUS_MM, dose_voxel_kernel, parse_voxel_mm
 from .physics import DOSE_GY_G_PER_MBQH, hu_to_density
 
@@ -80,20 +82,27 @@ def density_on_grid(ct_hu: np.ndarray, ct_affine: np.ndarray, shape: tuple[int, 
     (s_i = target spacing / CT spacing rounded up, at most ``max_subsamples``) and averaged: the mean
     density of the target voxel, i.e. its mass / volume.
     """
-    rho = hu_to_density(ct_hu)
+    rho = np.asarray(hu_to_density(ct_hu), dtype=np.float32)  # what resample_to_grid samples; cast once
     target = np.asarray(affine, float)
     m = np.linalg.inv(np.asarray(ct_affine, float)[:3, :3]) @ target[:3, :3]
     footprint = np.abs(m).sum(axis=0)  # extent of one target voxel along each target axis, in CT voxels
     subs = [int(min(max_subsamples, max(1, np.ceil(f - 1e-6)))) for f in footprint]
     air = float(hu_to_density(np.array([-1000.0]))[0])
-    acc = np.zeros(tuple(shape[:3]), np.float64)
     offsets = [(np.arange(s) + 0.5) / s - 0.5 for s in subs]
+    shifted_grids = []
     for di in offsets[0]:
         for dj in offsets[1]:
             for dk in offsets[2]:
                 shifted = target.copy()
                 shifted[:3, 3] = target[:3, :3] @ np.array([di, dj, dk]) + target[:3, 3]
-                acc += resample_to_grid(rho, ct_affine, shape, shifted, order=1, cval=air)
+                shifted_grids.append(shifted)
+    # the sub-point samplings are independent (worker threads); summed in order, so the result does not depend
+    # on the thread count
+    samples = concurrently(*(partial(resample_to_grid, rho, ct_affine, shape, g, order=1, cval=air)
+                             for g in shifted_grids))
+    acc = np.zeros(tuple(shape[:3]), np.float64)
+    for sample in samples:
+        acc += sample
     return (acc / np.prod(subs)).astype(np.float32)
 
 
