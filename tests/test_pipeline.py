@@ -406,31 +406,25 @@ def test_a_failure_mid_run_publishes_nothing_and_names_step_and_file(internal: P
     assert not list(out.glob(".partial-*"))
 
 
-def test_a_failed_write_publishes_nothing(internal: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("writer", "fails_on", "message"), [
+    ("save_json", "patient.json", r"writing .*registered/patient.json failed: OSError: disk full"),
+    # NIfTI images are written on worker threads: their failure still names the file
+    ("save_image", "jacobian", r"writing .*fields/jacobian_\w+\.nii\.gz failed: OSError: disk full"),
+])
+def test_a_failed_write_publishes_nothing(internal: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          writer: str, fails_on: str, message: str) -> None:
     import corx.pipeline.staging as staging
 
-    def broken_save(*args: object, **kwargs: object) -> None:
-        raise OSError("disk full")
+    real = getattr(staging, writer)
 
-    monkeypatch.setattr(staging, "save_json", broken_save)
-    fresh = tmp_path / "fresh"
-    with pytest.raises(CorxError, match=r"writing .*registered/patient.json failed: OSError: disk full"):
-        run_pipeline(internal / "patient.json", fresh, method="identity", progress=False, quiet=True)
-    assert not (fresh / COMPLETE).exists() and not [p for p in fresh.iterdir()]
-
-
-def test_a_failed_background_image_write_publishes_nothing(internal: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """NIfTI images are written on worker threads: their failure still names the file and publishes nothing."""
-    import corx.pipeline.staging as staging
-
-    def broken_save(data: object, affine: object, target: Path, **kwargs: object) -> None:
-        if "jacobian" in str(target):
+    def broken_save(*args: object, **kwargs: object) -> object:
+        if any(fails_on in str(a) for a in args):
             raise OSError("disk full")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(staging, "save_image", broken_save)
+    monkeypatch.setattr(staging, writer, broken_save)
     fresh = tmp_path / "fresh"
-    with pytest.raises(CorxError, match=r"writing .*fields/jacobian_\w+\.nii\.gz failed: OSError: disk full"):
+    with pytest.raises(CorxError, match=message):
         run_pipeline(internal / "patient.json", fresh, method="identity", progress=False, quiet=True)
     assert not (fresh / COMPLETE).exists() and not [p for p in fresh.iterdir()]
 

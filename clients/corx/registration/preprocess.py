@@ -220,6 +220,20 @@ def _check_overlap(vol: Volume, grid_shape: tuple[int, ...], grid_affine: np.nda
         raise CorxError(f"{role}: the image does not overlap the fixed SPECT in space (check the affines)")
 
 
+def _pair_on_grid(ct: Volume, spect: Volume, grid: tuple[tuple[int, int, int], np.ndarray], cfg: PreprocessConfig,
+                  spect_padding: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windowed CT (zero padding) and SPECT (``spect_padding``) resampled at once onto ``grid``, then cropped or
+    padded to the network size; returns (ct, spect, network-grid affine)."""
+    shape, affine = grid
+    size = tuple(int(s) for s in cfg.spatial_size)
+    ct_g, spect_g = concurrently(
+        lambda: resample(Volume(window_ct(ct.data, cfg.ct_window_hu), ct.affine), shape, affine, "zeros"),
+        lambda: resample(spect, shape, affine, spect_padding))
+    ct_c, net_affine = crop_or_pad(ct_g, affine, size)  # type: ignore[arg-type]
+    spect_c, _ = crop_or_pad(spect_g, affine, size)  # type: ignore[arg-type]
+    return ct_c, spect_c, net_affine
+
+
 def prepare_reference(fixed_ct: object, fixed_spect: object,
                       config: PreprocessConfig | None = None) -> PreparedReference:
     """The fixed channels of the bundle's inference preprocessing, made once per patient."""
@@ -229,12 +243,7 @@ def prepare_reference(fixed_ct: object, fixed_spect: object,
     _check_overlap(ct, shape, grid, "fixed_ct")
     if not np.any(spect.data > 0):
         raise CorxError("fixed_spect: the SPECT image has no positive activity")
-    size = tuple(int(s) for s in cfg.spatial_size)
-    ct_g, spect_g = concurrently(
-        lambda: resample(Volume(window_ct(ct.data, cfg.ct_window_hu), ct.affine), shape, grid, "zeros"),
-        lambda: resample(spect, shape, grid, "border"))
-    ct_c, affine = crop_or_pad(ct_g, grid, size)  # type: ignore[arg-type]
-    spect_c, _ = crop_or_pad(spect_g, grid, size)  # type: ignore[arg-type]
+    ct_c, spect_c, affine = _pair_on_grid(ct, spect, (shape, grid), cfg, spect_padding="border")
     return PreparedReference(fixed_ct=ct_c, fixed_spect=normalize_spect(spect_c, cfg.spect_normalization,
                                                                         cfg.log_scale),
                              grid=(shape, grid), affine=affine, config=cfg)
@@ -249,12 +258,8 @@ def prepare_moving(reference: PreparedReference, moving_ct: object, moving_spect
         _check_overlap(vol, shape, grid, role)
     if not np.any(spect.data > 0):
         raise CorxError("moving_spect: the SPECT image has no positive activity")
+    ct_c, spect_bqml, affine = _pair_on_grid(ct, spect, (shape, grid), cfg, spect_padding="zeros")
     size = tuple(int(s) for s in cfg.spatial_size)
-    ct_g, spect_g = concurrently(
-        lambda: resample(Volume(window_ct(ct.data, cfg.ct_window_hu), ct.affine), shape, grid, "zeros"),
-        lambda: resample(spect, shape, grid, "zeros"))
-    ct_c, affine = crop_or_pad(ct_g, grid, size)  # type: ignore[arg-type]
-    spect_bqml, _ = crop_or_pad(spect_g, grid, size)  # type: ignore[arg-type]
     image = np.stack([reference.fixed_ct, ct_c, reference.fixed_spect,
                       normalize_spect(spect_bqml, cfg.spect_normalization, cfg.log_scale)]).astype(np.float32)
     return PreparedPair(image=image, moving_spect_bqml=spect_bqml, affine=affine, moving_ct=ct,
