@@ -59,7 +59,7 @@ from ..registration.backends import (
 )
 from ..registration.methods import METHODS, ElastixMethod, GridField, IdentityMethod, Method, NetworkMethod
 from ..registration.preprocess import PreprocessConfig, preprocess_pair
-from ..report.figures import FigureData, render_all
+from ..report.figures import FigureData, preload_plotting, render_all
 from ..report.hotspot import hot_spot, parse_point
 from ..report.html import render_report
 from .staging import COMPLETE, Staging, check_out_dir, remove_stale_partials
@@ -235,6 +235,7 @@ class _Run:
             self.ref_spect_grid = self.ref_spect.data.astype(np.float32, copy=True)
             self.body = self.ct_ref_grid > -500.0
         self._prefetch_next()
+        submit(preload_plotting)  # the figures come last; their imports need not wait until then
 
     def register(self, tp: TimePoint) -> tuple[GridField | None, Volume, Volume, dict[str, Any] | None]:
         if tp.id == self.m.reference:

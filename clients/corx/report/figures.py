@@ -101,6 +101,11 @@ class Display:
                 ("axial", lambda v: self.axial(v, p[2]), sy / sx, (ny - 1 - p[1], nx - 1 - p[0]))]
 
 
+def preload_plotting() -> None:
+    """Import matplotlib (Agg) and pyplot now (about 1 s); the pipeline does it on a worker thread early."""
+    _plt()
+
+
 def _plt() -> Any:
     import matplotlib
 
