@@ -177,7 +177,7 @@ def test_ct_series_geometry_and_hu(patient: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(vol.data, expected)
 
 
-def test_pipeline_on_dicom_matches_nifti(patient: Path, tmp_path: Path) -> None:
+def test_pipeline_on_dicom_matches_nifti(patient: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     n = len(json.loads((patient / "patient.json").read_text())["timepoints"])
     units = (["bqml", "rwvm", "counts"] * 2)[:n]
     manifest = dicom_patient(patient, tmp_path / "dicom", units)
@@ -220,6 +220,21 @@ def test_pipeline_on_dicom_matches_nifti(patient: Path, tmp_path: Path) -> None:
     labels = np.asarray(nib.load(str(b.out / "registered" / "labels_ref.nii.gz")).dataobj)
     assert set(masks) >= {"kidneys", "liver"}
     np.testing.assert_array_equal(masks["kidneys"], np.isin(labels, [6, 7]))
+    # the VOIs as RT Structure Set contours on the dose planes: the same masks, and dicompyler-core's kidney DVH
+    # from dose.dcm + voi_rtstruct.dcm agrees with corx's voi.csv
+    from test_rtstruct import dicompyler_dvh
+
+    from corx.io.rtstruct import read_rtstruct
+
+    rs = pydicom.dcmread(str(b.out / "voi_rtstruct.dcm"))
+    assert rs.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == FRAME_UID
+    contoured = read_rtstruct(b.out / "voi_rtstruct.dcm", dose_img.shape, dose_img.affine)
+    np.testing.assert_array_equal(contoured["kidneys"], np.isin(labels, [6, 7]))
+    theirs = dicompyler_dvh(monkeypatch, b.out / "voi_rtstruct.dcm", b.out / "dose.dcm", "kidneys")
+    kidneys = {r["voi"]: r for r in b.summary["voi"]}["kidneys"]
+    assert theirs["volume_ml"] == pytest.approx(kidneys["volume_ml"], rel=0.01)
+    assert theirs["mean"] == pytest.approx(kidneys["mean_dose_gy"], rel=0.01)
+    assert theirs["D50"] == pytest.approx(kidneys["d50_gy"], rel=0.01)
     assert pydicom.dcmread(str(a.out / "dose.dcm")).FrameOfReferenceUID != FRAME_UID  # NIfTI input: a new UID
     # every output lies on the DICOM reference SPECT grid
     ref = read_volume(tmp_path / "dicom" / "spect_4h.dcm", "spect")

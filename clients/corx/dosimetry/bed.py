@@ -1,16 +1,27 @@
-"""Biologically effective dose (BED) and EQD2 from the absorbed dose and the fitted effective decay.
+"""Biologically effective dose (BED) and EQD2 from the absorbed dose and the fitted time-activity curve.
 
-For a dose rate that decays mono-exponentially with effective half-life T_eff and tissue repair half-time T_rep,
-the Lea-Catcheside factor is T_rep / (T_rep + T_eff) (Dale 1985), so
+With the linear-quadratic model and mono-exponential repair (repair rate mu = ln 2 / T_rep), a protracted dose D
+delivered with dose rate R(t) has BED = D + G D^2 / (alpha/beta), with the Lea-Catcheside factor
 
-    BED = D + D^2 * (T_rep / (T_rep + T_eff)) / (alpha/beta),        EQD2 = BED / (1 + 2 Gy / (alpha/beta)).
+    G = (2 / D^2) int_0^inf R(t) int_0^t R(w) e^{-mu (t - w)} dw dt.
 
-Per voxel, T_eff = ln 2 / lambda_eff of the voxel's mono-exponential fit (:mod:`corx.dosimetry.tia`); voxels without
-a fit (trapezoid rules, background) take the physical half-life of 177Lu, the longest T_eff possible and so the smallest
-BED correction (the share of such voxels is reported). Tissue parameters by VOI: a voxel of a VOI named
-``kidney*`` gets the kidney values, ``tumour*``/``tumor*``/``lesion*`` the tumour values, any other voxel the
-"other" values. Defaults with their sources: ``corx/data/radiobiology.json``. Bi-exponential BED (for voxels
-where the multi-model fit chose a bi-exponential) is not implemented: the mono-exponential T_eff is used.
+For R(t) = sum_i a_i e^{-l_i t} (a sum of exponentials, amplitudes of either sign) the integrals are analytic:
+
+    D = sum_i a_i / l_i,        G = (2 / D^2) sum_i sum_j a_i a_j / ((l_i + l_j) (l_i + mu)),
+
+which for one exponential (l = ln 2 / T_eff) is G = T_rep / (T_rep + T_eff) (Dale 1985), so
+BED = D + D^2 (T_rep / (T_rep + T_eff)) / (alpha/beta); EQD2 = BED / (1 + 2 Gy / (alpha/beta)).
+
+Per voxel the dose rate is taken proportional to the voxel's fitted activity curve:
+- where the multi-model fit (>= 4 time points, :mod:`corx.dosimetry.kinetics_models`) selected a model with two
+  exponentials (uptake then physical decay, uptake-washout, bi-exponential), G comes from that curve;
+- elsewhere T_eff = ln 2 / lambda_eff of the voxel's mono-exponential fit (:mod:`corx.dosimetry.tia`); voxels
+  without a fit (trapezoid rules, background) take the physical half-life of 177Lu, the longest T_eff possible
+  and so the smallest BED correction (the share of such voxels is reported).
+The fitted curve is used from t = 0 (the TIA's straight-line start before the first scan is not part of it).
+Tissue parameters by VOI: a voxel of a VOI named ``kidney*`` gets the kidney values,
+``tumour*``/``tumor*``/``lesion*`` the tumour values, any other voxel the "other" values. Defaults with their
+sources: ``corx/data/radiobiology.json``. The VOI columns use the VOI curve's mono-exponential T_eff.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorxError
+from .kinetics_models import TWO_EXPONENTIAL_MODELS
 from .physics import LU177_HALF_LIFE_H
 from .voi import Voi
 
@@ -76,9 +88,29 @@ def tissue_of(voi_name: str) -> str:
 def bed_gy(dose_gy: np.ndarray | float, t_eff_h: np.ndarray | float, alpha_beta_gy: np.ndarray | float,
            t_rep_h: np.ndarray | float) -> np.ndarray:
     """BED (Gy) of a mono-exponentially decaying dose rate (Lea-Catcheside factor T_rep / (T_rep + T_eff))."""
-    d = np.asarray(dose_gy, dtype=np.float64)
     g = np.asarray(t_rep_h, dtype=np.float64) / (np.asarray(t_rep_h, dtype=np.float64) + np.asarray(t_eff_h))
-    return d + d * d * g / np.asarray(alpha_beta_gy, dtype=np.float64)
+    return bed_from_factor(dose_gy, g, alpha_beta_gy)
+
+
+def lea_catcheside_factor(components: np.ndarray, t_rep_h: np.ndarray | float) -> np.ndarray:
+    """G of a dose rate a1 e^{-l1 t} + a2 e^{-l2 t} (``components`` rows a1, l1, a2, l2 in 1/h; any shape after
+    the first axis); NaN where the curve has no positive dose or a rate is not positive."""
+    a1, l1, a2, l2 = (np.asarray(c, dtype=np.float64) for c in components)
+    mu = math.log(2.0) / np.asarray(t_rep_h, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dose = a1 / l1 + a2 / l2
+        pairs = (a1 * a1 / (2 * l1 * (l1 + mu)) + a2 * a2 / (2 * l2 * (l2 + mu))
+                 + a1 * a2 / (l1 + l2) * (1 / (l1 + mu) + 1 / (l2 + mu)))
+        g = 2.0 * pairs / (dose * dose)
+    ok = (l1 > 0) & (l2 > 0) & (dose > 0) & np.isfinite(g)
+    return np.where(ok, g, np.nan)
+
+
+def bed_from_factor(dose_gy: np.ndarray | float, g: np.ndarray | float,
+                    alpha_beta_gy: np.ndarray | float) -> np.ndarray:
+    """BED = D + G D^2 / (alpha/beta), Gy."""
+    d = np.asarray(dose_gy, dtype=np.float64)
+    return d + np.asarray(g, dtype=np.float64) * d * d / np.asarray(alpha_beta_gy, dtype=np.float64)
 
 
 def eqd2_gy(bed: np.ndarray | float, alpha_beta_gy: np.ndarray | float) -> np.ndarray:
@@ -88,11 +120,13 @@ def eqd2_gy(bed: np.ndarray | float, alpha_beta_gy: np.ndarray | float) -> np.nd
 
 @dataclass
 class BedResult:
-    """BED map (float32, Gy) on the dose grid, and how many voxels fell back to the physical half-life."""
+    """BED map (float32, Gy) on the dose grid; the shares of dosed voxels whose G came from a two-exponential
+    multi-model curve, and that fell back to the physical half-life."""
 
     bed_gy: np.ndarray
     t_eff_fallback_fraction: float
     params: dict[str, TissueLQ]
+    two_exponential_fraction: float = 0.0
 
 
 def effective_half_life_h(lambda_eff_per_h: np.ndarray | float) -> np.ndarray:
@@ -104,8 +138,10 @@ def effective_half_life_h(lambda_eff_per_h: np.ndarray | float) -> np.ndarray:
 
 
 def bed_map(dose_gy: np.ndarray, lambda_eff_per_h: np.ndarray, labels: np.ndarray | None = None,
-            vois: Sequence[Voi] = (), params: dict[str, TissueLQ] | None = None) -> BedResult:
-    """Voxel BED with tissue parameters from the VOIs (see the module docstring)."""
+            vois: Sequence[Voi] = (), params: dict[str, TissueLQ] | None = None,
+            multimodel: tuple[np.ndarray, np.ndarray] | None = None) -> BedResult:
+    """Voxel BED with tissue parameters from the VOIs (see the module docstring). ``multimodel``: (model codes,
+    components (4, ...)) of the multi-model fit; its two-exponential curves give G where they were selected."""
     params = params or load_radiobiology()
     ab = np.full(dose_gy.shape, params["other"].alpha_beta_gy)
     t_rep = np.full(dose_gy.shape, params["other"].t_rep_h)
@@ -114,11 +150,21 @@ def bed_map(dose_gy: np.ndarray, lambda_eff_per_h: np.ndarray, labels: np.ndarra
             tissue = params[tissue_of(voi.name)]
             inside = np.isin(labels, voi.labels)
             ab[inside], t_rep[inside] = tissue.alpha_beta_gy, tissue.t_rep_h
+    t_eff = effective_half_life_h(lambda_eff_per_h)
+    g = t_rep / (t_rep + t_eff)
     fitted = np.isfinite(lambda_eff_per_h) & (lambda_eff_per_h > 0)
+    two = np.zeros(dose_gy.shape, bool)
+    if multimodel is not None:
+        codes, components = multimodel
+        g_two = lea_catcheside_factor(components, t_rep)
+        two = np.isin(codes, TWO_EXPONENTIAL_MODELS) & np.isfinite(g_two)
+        g = np.where(two, g_two, g)
     dosed = dose_gy > 0
-    fallback = float((dosed & ~fitted).sum() / max(int(dosed.sum()), 1))
-    bed = bed_gy(dose_gy, effective_half_life_h(lambda_eff_per_h), ab, t_rep).astype(np.float32)
-    return BedResult(bed_gy=bed, t_eff_fallback_fraction=fallback, params=params)
+    n_dosed = max(int(dosed.sum()), 1)
+    fallback = float((dosed & ~fitted & ~two).sum() / n_dosed)
+    bed = bed_from_factor(dose_gy, g, ab).astype(np.float32)
+    return BedResult(bed_gy=bed, t_eff_fallback_fraction=fallback, params=params,
+                     two_exponential_fraction=float((dosed & two).sum() / n_dosed))
 
 
 def voi_bed_columns(row: dict[str, Any], voi: Voi, bed: np.ndarray, labels: np.ndarray,

@@ -59,6 +59,8 @@ class KineticModel(IntEnum):
     NONE = 5
 
 
+#: models whose curve has two exponential terms (BED uses the whole curve there, :mod:`corx.dosimetry.bed`)
+TWO_EXPONENTIAL_MODELS = (KineticModel.UPTAKE_PHYSICAL, KineticModel.UPTAKE_WASHOUT, KineticModel.BIEXP)
 MODEL_NAMES: dict[KineticModel, str] = {
     KineticModel.BELOW_THRESHOLD: "below threshold: trapezoid + physical tail, not fitted",
     KineticModel.MONOEXP: "monoexp",
@@ -104,6 +106,10 @@ class _Model:
         """Integral (scaled units): linear from (0, 0) to f(t1), analytic from t1 to infinity."""
         raise NotImplementedError
 
+    def components(self, p: np.ndarray, lp: float) -> tuple[np.ndarray, ...]:
+        """The fitted curve as a1 e^{-r1 tau} + a2 e^{-r2 tau}: (a1, r1, a2, r2), scaled units."""
+        raise NotImplementedError
+
     @property
     def n_amp(self) -> int:
         return 2 if self.code == KineticModel.BIEXP else 1
@@ -132,6 +138,10 @@ class _UptakePhysical(_Model):
         lu = lp + np.exp(d)
         f1 = a * (math.exp(-lp * t1) - np.exp(-lu * t1))
         return 0.5 * t1 * f1 + a * (math.exp(-lp * t1) / lp - np.exp(-lu * t1) / lu)
+
+    def components(self, p: np.ndarray, lp: float) -> tuple[np.ndarray, ...]:
+        a, d = p
+        return a, np.full_like(a, lp), -a, lp + np.exp(d)
 
 
 class _UptakeWashout(_Model):
@@ -164,6 +174,11 @@ class _UptakeWashout(_Model):
         ew, eu = np.exp(-lw * t1), np.exp(-lu * t1)
         return 0.5 * t1 * a * (ew - eu) + a * (ew / lw - eu / lu)
 
+    def components(self, p: np.ndarray, lp: float) -> tuple[np.ndarray, ...]:
+        a, tw, du = p
+        lw, lu = self._rates((tw, du), lp)
+        return a, lw, -a, lu
+
 
 class _BiExp(_Model):
     code, name, k = KineticModel.BIEXP, "biexp", 4
@@ -195,6 +210,11 @@ class _BiExp(_Model):
         l1, l2 = self._rates((t2, d1), lp)
         e1, e2 = np.exp(-l1 * t1), np.exp(-l2 * t1)
         return 0.5 * t1 * (a1 * e1 + a2 * e2) + a1 * e1 / l1 + a2 * e2 / l2
+
+    def components(self, p: np.ndarray, lp: float) -> tuple[np.ndarray, ...]:
+        a1, a2, t2, d1 = p
+        l1, l2 = self._rates((t2, d1), lp)
+        return a1, l1, a2, l2
 
 
 _LM_MODELS: dict[KineticModel, _Model] = {m.code: m for m in (_UptakePhysical(), _UptakeWashout(), _BiExp())}
@@ -297,6 +317,9 @@ class CurveModels:
     r2: np.ndarray     # R^2 of the selected model (NaN where none)
     aicc: dict[int, np.ndarray]  # AICc per fitted model (inf where not a candidate)
     tia_by_model: dict[int, np.ndarray]  # TIA per fitted model (NaN where not a candidate)
+    #: the selected model as a1 e^{-l1 t} + a2 e^{-l2 t} (rows a1, l1 per h, a2, l2 per h; amplitudes relative to
+    #: the curve's peak; a2 = 0 for the mono-exponential), (4, N) float32, NaN where no model was selected
+    components: np.ndarray | None = None
 
 
 def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, *,
@@ -319,9 +342,10 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
     r2_sel = np.full(n, np.nan, np.float32)
     aiccs: dict[int, np.ndarray] = {m: np.full(n, np.inf, np.float32) for m in codes}
     tias: dict[int, np.ndarray] = {m: np.full(n, np.nan, np.float32) for m in codes}
+    components = np.full((4, n), np.nan, np.float32)
     idx = np.flatnonzero(fit_mask)
     if idx.size == 0 or not codes:
-        return CurveModels(model, tia, r2_sel, aiccs, tias)
+        return CurveModels(model, tia, r2_sel, aiccs, tias, components)
 
     ysub = c[:, idx]
     scale = ysub.max(axis=0)
@@ -336,6 +360,7 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
     chosen = np.full(idx.size, KineticModel.NONE, np.uint8)
     chosen_tia = np.full(idx.size, np.nan)
     chosen_r2 = np.full(idx.size, np.nan)
+    chosen_parts = np.full((4, idx.size), np.nan)
     with np.errstate(all="ignore"):
         for code in codes:
             k = MODEL_PARAMS[code]
@@ -346,11 +371,13 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
                 e1 = np.exp(-lam_s * t1)
                 area = 0.5 * t1 * a0 * e1 + a0 * e1 / lam_s
                 valid = ok & (lam_s > lp)
+                parts = np.stack([a0, lam_s, np.zeros_like(a0), lam_s])
             else:
                 mdl = _LM_MODELS[code]
                 p, sse = fit_model(mdl, y, tau, lp, n_iter=n_iter)
                 area = mdl.area(p, t1, lp)
                 valid = np.all(np.isfinite(p), axis=0)
+                parts = np.stack(np.broadcast_arrays(*mdl.components(p, lp)))
             r2 = 1 - sse / sst
             valid = valid & np.isfinite(sse) & (r2 > R2_MIN) & np.isfinite(area) & (area > 0)
             crit = np.where(valid, aicc(np.maximum(sse, floor), n_t, k), np.inf)
@@ -362,11 +389,15 @@ def models_from_curves(curves: np.ndarray, hours: Sequence[float] | np.ndarray, 
             chosen = np.where(win, code, chosen).astype(np.uint8)
             chosen_tia = np.where(win, tia_m, chosen_tia)
             chosen_r2 = np.where(win, r2, chosen_r2)
+            chosen_parts = np.where(win, parts, chosen_parts)
     model[idx] = chosen
     has = chosen != KineticModel.NONE
     tia[idx[has]] = chosen_tia[has]
     r2_sel[idx[has]] = chosen_r2[has]
-    return CurveModels(model, tia, r2_sel, aiccs, tias)
+    chosen_parts[1] /= tmax  # rates per scaled time -> per hour
+    chosen_parts[3] /= tmax
+    components[:, idx[has]] = chosen_parts[:, has]
+    return CurveModels(model, tia, r2_sel, aiccs, tias, components)
 
 
 @dataclass
@@ -378,6 +409,9 @@ class MultiModelResult:
     r2: np.ndarray               # float32, NaN where no model was selected
     voxel_volume_ml: float
     params: dict[str, Any] = field(default_factory=dict)
+    #: (4, X, Y, Z) float32: the selected model as a1 e^{-l1 t} + a2 e^{-l2 t} (a1, l1 per h, a2, l2 per h;
+    #: amplitudes relative to the voxel's peak), NaN where no model was selected (:class:`CurveModels`)
+    components: np.ndarray | None = None
 
     def model_counts(self) -> dict[str, int]:
         """Voxels per selected model name."""
@@ -407,6 +441,7 @@ def compute_tia_multimodel(activity: np.ndarray, hours: Sequence[float] | np.nda
     model = np.empty(n, np.uint8)
     tia = np.empty(n, np.float32)
     r2 = np.empty(n, np.float32)
+    components = np.empty((4, n), np.float32)
 
     def work(s: slice) -> None:
         res = models_from_curves(flat[:, s], h, lambda_phys=lambda_phys, min_activity=min_activity,
@@ -414,6 +449,7 @@ def compute_tia_multimodel(activity: np.ndarray, hours: Sequence[float] | np.nda
         model[s] = res.model
         tia[s] = res.tia * np.float32(1e-6)
         r2[s] = res.r2
+        components[:, s] = res.components
 
     # put fitted voxels in dense chunks: the work is in the voxels above the threshold
     order = np.argsort(peak <= min_activity, kind="stable")
@@ -426,4 +462,5 @@ def compute_tia_multimodel(activity: np.ndarray, hours: Sequence[float] | np.nda
                          if m in eligible_models(len(h))],
               "lm_iterations": n_iter, "r2_min": R2_MIN, "codes": MODEL_NAMES}
     return MultiModelResult(model=model[inv].reshape(spatial), tia_mbqh_per_ml=tia[inv].reshape(spatial),
-                            r2=r2[inv].reshape(spatial), voxel_volume_ml=float(voxel_volume_ml), params=params)
+                            r2=r2[inv].reshape(spatial), voxel_volume_ml=float(voxel_volume_ml), params=params,
+                            components=components[:, inv].reshape(4, *spatial))

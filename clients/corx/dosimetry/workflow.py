@@ -53,7 +53,8 @@ from .voi import Voi, default_vois, voi_table, voi_value_map, write_voi_csv
 DEFAULT_DOSE_MODE = "dvk"
 OUTPUT_NAMES = ("tia.nii.gz", "tia_rmse.nii.gz", "tia_sd.nii.gz", "tia_rule.nii.gz", "dose.nii.gz", "dose_led.nii.gz",
                 "dose_dvk.nii.gz", "bed.nii.gz", "tia_model.nii.gz",
-                "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "dose.dcm", "voi_seg.dcm", "tia_summary.json")
+                "tia_multimodel.nii.gz", "voi.csv", "dvh.csv", "dose.dcm", "voi_seg.dcm", "voi_rtstruct.dcm",
+                "tia_summary.json")
 
 
 @dataclass
@@ -122,8 +123,11 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
         out.dose = dose_from_ct(tia.tia_mbqh_per_ml, affine, ct[0], ct[1], mode=dose_mode, all_modes=True)
         times["dose"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        mm = out.multimodel
         out.bed = bed_map(out.dose.dose_gy, tia.lambda_eff_per_h, labels, vois or (),
-                          load_radiobiology(radiobiology))
+                          load_radiobiology(radiobiology),
+                          multimodel=(mm.model, mm.components) if mm is not None and mm.components is not None
+                          else None)
         times["bed"] = time.perf_counter() - t0
     if labels is not None:
         t0 = time.perf_counter()
@@ -172,16 +176,19 @@ def write_dvh_csv(bins: np.ndarray, curves: dict[str, np.ndarray], target: Path,
 
 def write_dicom_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, patient_id: str,
                         uids: dict[str, str] | None = None, overwrite: bool = False) -> tuple[list[Path], str | None]:
-    """``dose.dcm`` (RT Dose, Gy) and ``voi_seg.dcm`` (DICOM SEG of the VOIs) on the TIA grid, in the study and
+    """``dose.dcm`` (RT Dose, Gy), ``voi_seg.dcm`` (DICOM SEG of the VOIs) and ``voi_rtstruct.dcm`` (RT Structure
+    Set: the VOIs as contours on the dose planes) on the TIA grid, in the study and
     frame of reference of ``uids`` (the reference CT's, when it is DICOM; new UIDs otherwise). Returns (files,
     None), or ([], the reason) when the `dicom` extra (pydicom, highdicom) is not installed."""
     if result.dose is None and result.labels is None:
         return [], None
     if importlib.util.find_spec("pydicom") is None or importlib.util.find_spec("highdicom") is None:
-        return [], "DICOM outputs (dose.dcm, voi_seg.dcm) not written: install the extra, pip install 'corx[dicom]'"
+        return [], ("DICOM outputs (dose.dcm, voi_seg.dcm, voi_rtstruct.dcm) not written: install the extra, "
+                    "pip install 'corx[dicom]'")
     from pydicom.uid import generate_uid
 
     from ..io.dicom_export import write_rtdose, write_seg
+    from ..io.rtstruct import write_rtstruct
 
     uids = uids or {}
     study = uids.get("StudyInstanceUID") or generate_uid()
@@ -195,6 +202,8 @@ def write_dicom_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, patie
     if result.labels is not None and result.vois:
         written.append(write_seg(result.labels, affine, result.vois, out / "voi_seg.dcm", patient_id=pid,
                                  frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
+        written.append(write_rtstruct(result.labels, affine, result.vois, out / "voi_rtstruct.dcm", patient_id=pid,
+                                      frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
     return written, None
 
 
@@ -243,7 +252,8 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
                   "max_gy": {m: float(d.max()) for m, d in sorted(result.dose.by_mode.items())}}
                  if result.dose else None),
         "radiobiology": ({"parameters": {k: vars(v) for k, v in result.bed.params.items()},
-                          "t_eff_physical_fallback_fraction": result.bed.t_eff_fallback_fraction}
+                          "t_eff_physical_fallback_fraction": result.bed.t_eff_fallback_fraction,
+                          "two_exponential_fraction": result.bed.two_exponential_fraction}
                          if result.bed else None),
         "voi": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
                 for row in result.voi_rows or []],

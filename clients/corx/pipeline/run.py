@@ -88,6 +88,8 @@ OUTPUTS: dict[str, str] = {
     "dose.dcm": "(dicom extra installed) RT Dose of dose.nii.gz, Gy, DoseGridScaling; the reference CT's study and "
                 "frame of reference when it is DICOM",
     "voi_seg.dcm": "(dicom extra, labels given) DICOM Segmentation of the VOIs",
+    "voi_rtstruct.dcm": "(dicom extra, labels given) RT Structure Set: the VOIs as closed planar contours on the "
+                        "dose planes (for DVH tools and treatment-planning systems)",
     "registered/ct_<id>.nii.gz": "registered CT, HU (int16; -1000 outside the CT's field of view)",
     "registered/spect_<id>.nii.gz": "registered SPECT, Bq/mL (float32)",
     "registered/patient.json": "manifest of the registered images (input for `corx tia`)",
