@@ -39,7 +39,7 @@ def _elastix_pair_s(manifest: Path) -> float:
     """Wall time of Elastix (CT-driven) on the first moving pair of the manifest."""
     from corx.io.inputs import read_volume
     from corx.io.manifest import load_manifest
-    from corx.registration.methods import ElastixMethod
+    from corx.registration.methods import ElastixMethod, PairInput, ReferenceCache
     from corx.registration.preprocess import PreprocessConfig
 
     m = load_manifest(manifest)
@@ -48,7 +48,7 @@ def _elastix_pair_s(manifest: Path) -> float:
     vols = [read_volume(ref.ct, "ct"), read_volume(tp.ct, "ct"), read_volume(ref.spect, "spect"),
             read_volume(tp.spect, "spect")]
     start = time.perf_counter()
-    ElastixMethod("ct", PreprocessConfig()).register(*vols)
+    ElastixMethod("ct").register(PairInput.from_volumes(*vols, ReferenceCache(PreprocessConfig())))
     return time.perf_counter() - start
 
 

@@ -15,6 +15,8 @@ from scipy import ndimage
 from corx.evaluation import cache as C
 from corx.evaluation import ground_truth as G
 from corx.evaluation.cohort import network_geometry, order_pairs, pairs_from_datalist, planned_datalist
+from corx.geometry.displacement import resample_field
+from corx.geometry.resample import same_grid
 from corx.registration.preprocess import PreprocessConfig, preprocess_pair
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")
@@ -90,7 +92,7 @@ def test_folding_percent() -> None:
 def test_resample_field_same_grid_is_identity() -> None:
     u = np.random.default_rng(0).normal(size=(3, 6, 7, 8)).astype(np.float32)
     aff = np.diag([2.0, 3.0, 4.0, 1.0])
-    out, inside = G.resample_field(u, aff, (6, 7, 8), aff)
+    out, inside = resample_field(u, aff, (6, 7, 8), aff)
     np.testing.assert_array_equal(out, u)
     assert inside.all()
 
@@ -113,7 +115,7 @@ def test_resample_field_converts_voxels_through_world() -> None:
         return np.einsum("ab,b...->a...", aff[:3, :3], idx) + aff[:3, 3, None, None, None]
 
     u_src = np.linalg.solve(src[:3, :3], world_disp(world(shape_src, src)).reshape(3, -1)).reshape(3, *shape_src)
-    u_dst, inside = G.resample_field(u_src, src, shape_dst, dst)
+    u_dst, inside = resample_field(u_src, src, shape_dst, dst)
     expected = np.linalg.solve(dst[:3, :3], world_disp(world(shape_dst, dst)).reshape(3, -1)).reshape(3, *shape_dst)
     assert inside.all()
     np.testing.assert_allclose(u_dst, expected, atol=1e-3)
@@ -181,9 +183,9 @@ def test_internal_network_grid_is_the_reference_grid(cohort: Path) -> None:
     import nibabel as nib
 
     ref = nib.load(str(d / "spect_4h.nii.gz"))
-    assert G.same_grid(prepared.moving_ct_hu.shape, prepared.affine, ref.shape, ref.affine)
+    assert same_grid(prepared.moving_ct_hu.shape, prepared.affine, ref.shape, ref.affine)
     u = np.random.default_rng(0).normal(size=(3, *ref.shape)).astype(np.float32)
-    out, inside = G.resample_field(u, prepared.affine, ref.shape, ref.affine)
+    out, inside = resample_field(u, prepared.affine, ref.shape, ref.affine)
     np.testing.assert_array_equal(out, u)
     assert inside.all()
 
@@ -290,14 +292,14 @@ def test_cli_benchmark_generates_only_what_it_needs(tmp_path: Path) -> None:
 
 
 def test_missing_weights_are_reported_untrained(tmp_path: Path) -> None:
-    from corx.evaluation.methods import NetworkMethod, make_methods
+    from corx.evaluation.methods import bundle_network, make_methods
     from corx.evaluation.tables import method_label
 
-    net = NetworkMethod("corx", weights=tmp_path / "absent.pt", seed=3)
+    net = bundle_network("corx", weights=tmp_path / "absent.pt", seed=3)
     assert net.status == "untrained" and net.settings()["weights"] == "untrained(seed=3)"
     assert method_label({"name": net.name, "status": net.status}) == "corx (untrained)"
     (tmp_path / "model.pt").write_bytes(b"weights")
-    trained = NetworkMethod("corx", weights=tmp_path / "model.pt")
+    trained = bundle_network("corx", weights=tmp_path / "model.pt")
     assert trained.status == "trained" and trained.settings()["weights"] != net.settings()["weights"]
     names = [m.name for m in make_methods(["identity", "elastix", "elastix-spect", "transmorph", "corx-nocs",
                                            "corx"])]

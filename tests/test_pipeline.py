@@ -61,7 +61,7 @@ class QueueMethod:
     def __init__(self, name: str, fields: list[GridField]) -> None:
         self.name, self.fields = name, list(fields)
 
-    def register(self, fixed_ct, moving_ct, fixed_spect, moving_spect) -> GridField:
+    def register(self, pair: object) -> GridField:
         return self.fields.pop(0)
 
 
@@ -448,33 +448,33 @@ def test_option_errors_are_clear(internal: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "o" / COMPLETE).exists()
 
 
-def test_elastix_methods_route_through_corx_evaluation(internal: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """--method elastix / elastix-spect call corx.registration.elastix.elastix_register_pair (stubbed: fast)."""
+def test_elastix_methods_route_through_corx_registration_elastix(internal: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """--method elastix / elastix-spect call corx.registration.elastix.elastix_field (stubbed: fast)."""
     import corx.registration.methods as methods
-    from corx.registration.register import Registration
 
     calls: list[str] = []
 
-    def fake(fixed_ct, moving_ct, fixed_spect, moving_spect, config=None, variant="ct", max_iterations=1000):
+    def fake(prepared, variant="ct", settings=None):
         calls.append(variant)
-        shape, affine = _network_like_grid(nib.Nifti1Image(fixed_spect.data, fixed_spect.affine), 5.0)
-        u = np.zeros((3, *shape), np.float32)
-        u[2] = 1.0  # one network voxel (5 mm) along +z
-        return Registration(u, np.zeros(shape, np.float32), np.zeros(shape, np.float32), affine)
+        u = np.zeros((3, *prepared.moving_spect_bqml.shape), np.float32)
+        u[2] = 1.0  # one network voxel along +z
+        return u, {"seconds": 0.0}
 
-    monkeypatch.setattr(methods, "elastix_function", lambda: fake)
+    monkeypatch.setattr(methods, "elastix_field", fake)
     for method, variant in (("elastix", "ct"), ("elastix-spect", "spect")):
         res = run_pipeline(internal / "patient.json", tmp_path / method, method=method, progress=False, quiet=True)
         assert calls[-1] == variant and res.summary["method"] == method
         moving = [t for t in res.summary["timepoints"] if t["id"] != res.summary["reference"]]
-        assert all(t["max_disp_mm"] == pytest.approx(5.0, abs=1e-3) for t in moving)
+        spacing_z = float(PreprocessConfig().pixdim[2])
+        assert all(t["max_disp_mm"] == pytest.approx(spacing_z, abs=1e-3) for t in moving)
 
 
 def test_elastix_missing_gives_a_clear_error(internal: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "corx.registration.elastix", None)  # import fails
-    with pytest.raises(CorxError, match=r"--method elastix needs corx\.registration\.elastix"):
+    monkeypatch.setitem(sys.modules, "itk", None)  # import fails
+    with pytest.raises(CorxError, match=r"Elastix needs itk-elastix"):
         run_pipeline(internal / "patient.json", tmp_path / "o", method="elastix", progress=False, quiet=True)
+    assert not (tmp_path / "o").exists()
 
 
 def test_managed_names_cover_every_top_level_output(shifted_external: tuple[Path, np.ndarray]) -> None:

@@ -184,3 +184,75 @@ def test_the_reference_is_prepared_once_per_patient(monkeypatch: pytest.MonkeyPa
     assert len(calls) == 1
     cache.pair(Volume(fixed_ct.data.copy(), ct_aff), movings[0][0], fixed_spect, movings[0][1])
     assert len(calls) == 2  # another fixed image: prepared again
+
+
+def _small_patient() -> tuple[list[Volume], PreprocessConfig]:
+    spect_aff = np.diag([4.0, 4.0, 4.0, 1.0])
+    ct_aff = np.diag([2.0, 2.0, 4.0, 1.0])
+    vols = [Volume(blobs((24, 24, 12), seed, 800.0, -400.0), ct_aff) for seed in (1, 3)]
+    vols += [Volume(blobs((12, 12, 12), seed, 50.0), spect_aff) for seed in (2, 5)]
+    return vols, PreprocessConfig(spatial_size=(16, 16, 16), pixdim=(8.0, 8.0, 8.0))
+
+
+def test_identity_registers_without_preprocessing() -> None:
+    """The identity method's zero field lies on the fixed SPECT grid; the network input is never made."""
+    from corx.registration.methods import IdentityMethod, PairInput
+
+    (fixed_ct, moving_ct, fixed_spect, moving_spect), _ = _small_patient()
+
+    class Refusing:
+        def pair(self, *args: object) -> None:
+            raise AssertionError("identity must not preprocess")
+
+    pair = PairInput.from_volumes(fixed_ct, moving_ct, fixed_spect, moving_spect, Refusing())  # type: ignore[arg-type]
+    gf = IdentityMethod().register(pair)
+    assert gf.field.shape == (3, 12, 12, 12) and not gf.field.any()
+    np.testing.assert_array_equal(gf.affine, fixed_spect.affine)
+
+
+def test_a_field_on_another_grid_reaches_the_network_grid_in_world_units() -> None:
+    """A field on the fixed SPECT grid (4 mm) moved to the network grid (8 mm) keeps its world displacement."""
+    from corx.registration.methods import GridField, PairInput, ReferenceCache
+
+    (fixed_ct, moving_ct, fixed_spect, moving_spect), cfg = _small_patient()
+    pair = PairInput.from_volumes(fixed_ct, moving_ct, fixed_spect, moving_spect, ReferenceCache(cfg))
+    u = np.zeros((3, 12, 12, 12), np.float32)
+    u[0] = 2.0  # 2 voxels of 4 mm = 8 mm along x
+    u_net = pair.on_network_grid(GridField(u, fixed_spect.affine))
+    assert u_net.shape == (3, *cfg.spatial_size)
+    np.testing.assert_allclose(u_net[0], 1.0, atol=1e-5)  # 8 mm = one 8-mm network voxel
+    np.testing.assert_allclose(u_net[1:], 0.0, atol=1e-6)
+
+
+def test_network_method_makes_its_backend_once_on_first_use() -> None:
+    """A lazily made backend is built at the first registration only; its field comes back on the network grid."""
+    from corx.registration.methods import NetworkMethod, PairInput, ReferenceCache, RefinedMethod, RefineOptions
+
+    (fixed_ct, moving_ct, fixed_spect, moving_spect), cfg = _small_patient()
+    made = []
+
+    class Shift:
+        input_shape = ()
+
+        def infer(self, image: np.ndarray) -> np.ndarray:
+            out = np.zeros((3, *image.shape[1:]), np.float32)
+            out[2] = 0.5
+            return out
+
+        def close(self) -> None:
+            pass
+
+    method = NetworkMethod(make_backend=lambda: made.append(1) or Shift(), name="shift")
+    assert not made
+    cache = ReferenceCache(cfg)
+    for _ in range(2):
+        gf = method.register(PairInput.from_volumes(fixed_ct, moving_ct, fixed_spect, moving_spect, cache))
+        assert gf.field.shape == (3, *cfg.spatial_size) and gf.info["network_seconds"] >= 0.0
+        np.testing.assert_allclose(gf.field[2], 0.5)
+    assert len(made) == 1
+    with pytest.raises(ValueError, match="either a backend or make_backend"):
+        NetworkMethod(Shift(), make_backend=Shift)
+    refined = RefinedMethod(method, RefineOptions(3, coarsen=2))
+    assert refined.name == "shift+refine3" and refined.settings()["refine"]["coarsen"] == 2
+    with pytest.raises(CorxError, match="refine steps must be an integer >= 1"):
+        RefineOptions(0)

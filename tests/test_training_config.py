@@ -139,7 +139,7 @@ def test_refine_methods_are_named_and_parsed() -> None:
     from corx.evaluation.metrics import parameter_count
 
     (plain, refined) = make_methods(["corx", "corx+refine25"])
-    assert refined.name == "corx+refine25" and refined.refine_steps == 25
+    assert refined.name == "corx+refine25" and refined.options.steps == 25
     assert refined.parameters() == parameter_count("corx") == plain.parameters()
     assert refined.settings()["refine"]["steps"] == 25 and "refine" not in plain.settings()
     with pytest.raises(CorxError, match="unknown method"):

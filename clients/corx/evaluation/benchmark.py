@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CorxError
 from ..io.imageio import atomic_path, save_json
 from ..registration.elastix import ElastixSettings
+from ..registration.methods import PairInput
 from ..registration.preprocess import PreparedPair, PreprocessConfig, preprocess_pair
 from .cache import ResultCache, file_digest, make_key
 from .cohort import Pair, cohort_name, network_geometry, prepare_cohort
@@ -75,7 +76,9 @@ class PairEvaluator:
             stored = self.cache.load_field(method.name, key)
             if stored is None:
                 try:
-                    field, info = method.field(prepared, pair)
+                    inputs = PairInput.from_prepared(prepared, truth_field=pair.truth_field)
+                    gf = method.register(inputs)
+                    field, info = inputs.on_network_grid(gf), gf.info
                 except (CorxError, RuntimeError, ValueError) as exc:
                     self.log(f"{tag} {pair.name} {method.name}: FAILED ({exc})")
                     records.append(self._base(method, pair, key) | {"error": str(exc)})

@@ -47,6 +47,11 @@ class Pair:
     def name(self) -> str:
         return f"{self.patient_id}:{self.fixed_id}->{self.moving_id}"
 
+    @property
+    def truth_field(self) -> Path | None:
+        """The phantom's true SPECT field of this pair (reference pairs only), else None."""
+        return self.patient_dir / "truth" / f"field_spect_{self.moving_id}.nii.gz" if self.reference else None
+
 
 def cohort_name(cohort: str) -> str:
     """'internal-val' -> 'internal'; CorxError for an unknown cohort."""

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..geometry.displacement import resample_field
 from ..geometry.warp import load_field, warp_image
 from ..io.imageio import read_array
 
@@ -39,7 +40,6 @@ ORGANS: dict[str, tuple[int, ...]] = {"lungs": (3,), "liver": (4,), "spleen": (5
                                       "bladder": (8,), "bone": (9,)}
 KIDNEYS = (6, 7)
 TUMOUR_BASE = 11
-GRID_TOL = 1e-3  # voxels: grids closer than this are the same grid
 
 
 @dataclass(frozen=True)
@@ -53,38 +53,6 @@ class PairTruth:
     activity_moving: np.ndarray  # (X, Y, Z) Bq/mL, true activity at the moving time, reference frame
     moving_spect: np.ndarray  # (X, Y, Z) Bq/mL, the moving SPECT as acquired (same grid)
     affine: np.ndarray  # (4, 4) reference SPECT grid
-
-
-def same_grid(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...],
-              affine_b: np.ndarray) -> bool:
-    """True when two grids coincide (within GRID_TOL voxels)."""
-    if tuple(shape_a) != tuple(shape_b):
-        return False
-    xform = np.linalg.solve(np.asarray(affine_a, np.float64), np.asarray(affine_b, np.float64))
-    return bool(np.allclose(xform, np.eye(4), atol=GRID_TOL))
-
-
-def resample_field(u: np.ndarray, src_affine: np.ndarray, dst_shape: tuple[int, ...],
-                   dst_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A voxel field on (src grid) as a voxel field on (dst grid), through world mm; returns (u_dst, inside).
-
-    ``inside`` marks destination voxels whose centre lies in the source grid's box (elsewhere the field is
-    extended from the nearest border value). Identical grids return a copy of ``u`` and an all-true mask.
-    """
-    u = np.asarray(u, dtype=np.float32)
-    src_affine, dst_affine = np.asarray(src_affine, np.float64), np.asarray(dst_affine, np.float64)
-    if same_grid(u.shape[1:], src_affine, tuple(dst_shape), dst_affine):
-        return u.copy(), np.ones(tuple(dst_shape), bool)
-    xform = np.linalg.solve(src_affine, dst_affine)
-    idx = np.indices(tuple(dst_shape), dtype=np.float64).reshape(3, -1)
-    src = xform[:3, :3] @ idx + xform[:3, 3:4]
-    world = np.einsum("ab,b...->a...", src_affine[:3, :3], u.astype(np.float64))
-    sampled = np.stack([ndimage.map_coordinates(world[a], src, order=1, mode="nearest", prefilter=False)
-                        for a in range(3)])
-    u_dst = np.linalg.solve(dst_affine[:3, :3], sampled).reshape(3, *dst_shape).astype(np.float32)
-    n = np.array(u.shape[1:], dtype=np.float64)[:, None]
-    inside = np.all((src >= -0.5) & (src <= n - 0.5), axis=0).reshape(tuple(dst_shape))
-    return u_dst, inside
 
 
 def true_ct_pair_field(u_ct_ref: np.ndarray, u_ct_moving: np.ndarray, iterations: int = 30) -> np.ndarray:

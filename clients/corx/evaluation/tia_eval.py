@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..dosimetry.tia import compute_tia
-from ..geometry.resample import resample_to_grid
+from ..geometry.resample import resample_to_grid, same_grid
 from ..geometry.warp import warp_image
 from ..io.imageio import read_array
 from ..registration.preprocess import PreprocessConfig, preprocess_pair
-from .ground_truth import KIDNEYS, same_grid, tumour_labels
+from .ground_truth import KIDNEYS, tumour_labels
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import CorxError
-from .resample import affine_resample
+from .resample import affine_resample, same_grid
 
 NIFTI_INTENT_DISPVECT = 1006
 CT_OUTSIDE_HU = -1000.0  # registered CT outside the moving CT's field of view: air
@@ -98,3 +98,26 @@ def itk_displacement_image(disp_mm: np.ndarray, ref_affine: np.ndarray) -> nib.N
     img.set_sform(img.affine, code=1)
     img.header.set_xyzt_units("mm")
     return img
+
+
+def resample_field(u: np.ndarray, src_affine: np.ndarray, dst_shape: tuple[int, ...],
+                   dst_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A voxel field on (src grid) as a voxel field on (dst grid), through world mm; returns (u_dst, inside).
+
+    ``inside`` marks destination voxels whose centre lies in the source grid's box (elsewhere the field is
+    extended from the nearest border value). Identical grids return a copy of ``u`` and an all-true mask.
+    """
+    u = np.asarray(u, dtype=np.float32)
+    src_affine, dst_affine = np.asarray(src_affine, np.float64), np.asarray(dst_affine, np.float64)
+    if same_grid(u.shape[1:], src_affine, tuple(dst_shape), dst_affine):
+        return u.copy(), np.ones(tuple(dst_shape), bool)
+    xform = np.linalg.solve(src_affine, dst_affine)
+    idx = np.indices(tuple(dst_shape), dtype=np.float64).reshape(3, -1)
+    src = xform[:3, :3] @ idx + xform[:3, 3:4]
+    world = np.einsum("ab,b...->a...", src_affine[:3, :3], u.astype(np.float64))
+    sampled = np.stack([ndimage.map_coordinates(world[a], src, order=1, mode="nearest", prefilter=False)
+                        for a in range(3)])
+    u_dst = np.linalg.solve(dst_affine[:3, :3], sampled).reshape(3, *dst_shape).astype(np.float32)
+    n = np.array(u.shape[1:], dtype=np.float64)[:, None]
+    inside = np.all((src >= -0.5) & (src <= n - 0.5), axis=0).reshape(tuple(dst_shape))
+    return u_dst, inside

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 AXIS_ALIGNED_TOL = 1e-9  # off-diagonal terms below this (voxels per voxel) count as zero
+GRID_TOL = 1e-3  # voxels: grids closer than this are the same grid
 
 
 def affine_resample(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[int, ...], order: int = 1,
@@ -35,3 +36,12 @@ def resample_to_grid(data: np.ndarray, affine: np.ndarray, target_shape: tuple[i
     mapping = np.linalg.inv(affine) @ np.asarray(target_affine, dtype=np.float64)
     return affine_resample(np.asarray(data, dtype=np.float32 if order else data.dtype), mapping,
                            tuple(target_shape[:3]), order=order, mode="constant", cval=cval)
+
+
+def same_grid(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...],
+              affine_b: np.ndarray) -> bool:
+    """True when two grids coincide (within GRID_TOL voxels)."""
+    if tuple(shape_a) != tuple(shape_b):
+        return False
+    xform = np.linalg.solve(np.asarray(affine_a, np.float64), np.asarray(affine_b, np.float64))
+    return bool(np.allclose(xform, np.eye(4), atol=GRID_TOL))

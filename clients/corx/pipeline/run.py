@@ -57,8 +57,20 @@ from ..registration.backends import (
     inprocess_checkpoint,
     make_backend,
 )
-from ..registration.methods import METHODS, ElastixMethod, GridField, IdentityMethod, Method, NetworkMethod
-from ..registration.preprocess import PreprocessConfig, preprocess_pair
+from ..registration.methods import (
+    METHODS,
+    ElastixMethod,
+    GridField,
+    IdentityMethod,
+    Method,
+    NetworkMethod,
+    PairInput,
+    ReferenceCache,
+    RefineOptions,
+    refine_grid_field,
+)
+from ..registration.preprocess import PreprocessConfig
+from ..registration.register import check_backend_shape
 from ..report.figures import FigureData, preload_plotting, render_all
 from ..report.hotspot import hot_spot, parse_point
 from ..report.html import render_report
@@ -151,16 +163,16 @@ def _check_options(method: str | Method, server: str | None, protocol: str, refi
                         "--server (run without --server, or without --refine)")
 
 
-def _make_method(method: str | Method, server: str | None, protocol: str, refine: int, backend: Backend | None,
+def _make_method(method: str | Method, server: str | None, protocol: str, backend: Backend | None,
                  checkpoint: str | None, random_init: bool, config: PreprocessConfig, precision: str = "fp32",
                  threads: int | None = None) -> tuple[Method, str, Backend | None]:
     """The registration method, a description of the network, and a backend this function created."""
     if not isinstance(method, str):
         return method, f"{method.name} (Python API)", None
     if method == "identity":
-        return IdentityMethod(config, prepare=refine > 0), "none (identity)", None
+        return IdentityMethod(), "none (identity)", None
     if method in ("elastix", "elastix-spect"):
-        return ElastixMethod("ct" if method == "elastix" else "spect", config), f"{method} (itk-elastix)", None
+        return ElastixMethod("ct" if method == "elastix" else "spect"), f"{method} (itk-elastix)", None
     created = None
     if backend is None:
         if server is not None:
@@ -174,7 +186,8 @@ def _make_method(method: str | Method, server: str | None, protocol: str, refine
                     f"CoRX-NET in-process, weights {checkpoint or DEFAULT_CHECKPOINT}") + f", {precision}"
     else:
         what = f"CoRX-NET, {type(backend).__name__}" + (" (untrained)" if random_init else "")
-    return NetworkMethod(backend, config), what, created
+    check_backend_shape(backend, config)
+    return NetworkMethod(backend), what, created
 
 
 def _input_paths(m: Manifest) -> list[Path]:
@@ -215,12 +228,13 @@ class _Run:
     """One pipeline run: the state shared by the steps; creating it reads the reference (step "read reference")."""
 
     def __init__(self, m: Manifest, staging: Staging, steps: Steps, method: Method, config: PreprocessConfig,
-                 refine: int, refine_lr: float, warn: Callable[[str], None], point: object = None,
-                 refine_coarsen: int = 1) -> None:
+                 refine: RefineOptions | None, warn: Callable[[str], None], point: object = None) -> None:
         self.m, self.staging, self.steps, self.method = m, staging, steps, method
-        self.config, self.refine, self.refine_lr, self.refine_coarsen = config, refine, refine_lr, refine_coarsen
+        self.config, self.refine = config, refine
         self.warn = warn  # input problems found on the way (e.g. negative SPECT voxels set to 0): console + report
         self.results: dict[str, _TimePointResult] = {}
+        self.prepare = ReferenceCache(config)  # the reference pair is preprocessed once for every pair
+        self.network_s: list[float] = []  # the network's share of each registration, where the method has one
         self._reads: dict[str, Future[tuple[Volume, Volume]]] = {}
         ref = m.reference_timepoint
         with steps.step("read reference", file=ref.spect):
@@ -245,20 +259,15 @@ class _Run:
         with self.steps.step(f"register {tp.id}", file=tp.spect):
             ct, spect = self._read(tp).result()
             self._prefetch_next()
-            gf = self.method.register(self.ref_ct, ct, self.ref_spect, spect)
+            pair = PairInput.from_volumes(self.ref_ct, ct, self.ref_spect, spect, self.prepare)
+            gf = self.method.register(pair)
+            if "network_seconds" in gf.info:
+                self.network_s.append(float(gf.info["network_seconds"]))
         refined = None
-        if self.refine:
+        if self.refine is not None:
             with self.steps.step(f"refine {tp.id}", file=tp.spect):
-                from ..registration.refine import refine_field
-
-                prepared = gf.prepared or preprocess_pair(self.ref_ct, ct, self.ref_spect, spect, self.config)
-                if gf.field.shape[1:] != prepared.image.shape[1:] or not np.allclose(gf.affine, prepared.affine,
-                                                                                     atol=1e-3):
-                    raise CorxError("the method's field is not on the network grid; it cannot be refined")
-                r = refine_field(prepared.image, gf.field, self.refine, self.refine_lr, coarsen=self.refine_coarsen)
-                gf = GridField(r.field, gf.affine, prepared)
-                refined = {"steps": r.steps, "loss_before": r.loss_before, "loss_after": r.loss_after,
-                           "coarsen": self.refine_coarsen}
+                gf = refine_grid_field(pair, gf, self.refine)
+                refined = {k: gf.info[f"refine_{k}"] for k in ("steps", "loss_before", "loss_after", "coarsen")}
         return gf, ct, spect, refined
 
     def resample(self, tp: TimePoint, gf: GridField | None, ct: Volume, spect: Volume,
@@ -429,13 +438,11 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     if method == "corx" and random_init and UNTRAINED_WARNING not in all_warnings:
         all_warnings.append(UNTRAINED_WARNING)
     t_load = time.perf_counter()
-    reg, network, created = _make_method(method, server, protocol, refine, backend, checkpoint, random_init, cfg,
+    reg, network, created = _make_method(method, server, protocol, backend, checkpoint, random_init, cfg,
                                          precision, threads)
     t_load = time.perf_counter() - t_load
     method_name = method if isinstance(method, str) else reg.name
-    from ..registration.refine import DEFAULT_LR
-
-    lr = DEFAULT_LR if refine_lr is None else float(refine_lr)
+    refine_options = RefineOptions(refine, refine_lr, refine_coarsen) if refine else None
     if not quiet:
         for w in all_warnings:
             print(f"\n{'!' * 100}\nWARNING: {w}\n{'!' * 100}\n", flush=True)
@@ -451,7 +458,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
             if not quiet:
                 tqdm.write(f"WARNING: {message}", file=sys.stderr)
 
-        run = _Run(m, staging, steps, reg, cfg, refine, lr, warn, point, refine_coarsen)
+        run = _Run(m, staging, steps, reg, cfg, refine_options, warn, point)
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
         run.write_registered_manifest()
@@ -506,7 +513,7 @@ def _summary(run: _Run, result: TiaOutputs, method: str, network: str, warnings:
         "voi": result.voi_rows or [], "truth": truth_rows,
         "timings_s": {**timings, **{f"tia: {k}": v for k, v in result.timings_s.items()}},
         "total_s": time.perf_counter() - t_start, "outputs": OUTPUTS,
-        "network_forward_s": (float(sum(run.method.infer_s)) if isinstance(run.method, NetworkMethod) else None),
+        "network_forward_s": float(sum(run.network_s)) if run.network_s else None,
     }
 
 

@@ -24,6 +24,7 @@ Geometry (tested in tests/test_elastix.py on known translations and affines):
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -118,12 +119,25 @@ def parameter_map(settings: ElastixSettings, variant: str = "ct") -> dict[str, t
     return pm
 
 
+ITK_MISSING = "Elastix needs itk-elastix: pip install -e '.[baselines]'"
+
+
+def require_itk() -> None:
+    """A CorxError now, before any work, when itk-elastix is not installed (without importing it: slow)."""
+    try:
+        found = importlib.util.find_spec("itk") is not None
+    except ValueError:  # sys.modules["itk"] is None: imports of it are blocked
+        found = False
+    if not found:
+        raise CorxError(ITK_MISSING)
+
+
 def _itk() -> Any:
     """The itk module (itk-elastix), or a CorxError saying how to install it."""
     try:
         import itk
     except ImportError as exc:
-        raise CorxError("Elastix needs itk-elastix: pip install -e '.[baselines]'") from exc
+        raise CorxError(ITK_MISSING) from exc
     return itk
 
 
