@@ -272,8 +272,10 @@ def test_group_norm_is_the_instance_norm_of_transmorph() -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_channels_last_backend_gives_the_same_field(precision: str) -> None:
-    from corx.registration.backends import TorchBackend
+    from corx.registration.backends import TorchBackend, bf16_refusal
 
+    if precision == "bf16" and (refusal := bf16_refusal(torch, "cpu")):
+        pytest.skip(refusal)
     pair = torch.rand(4, 32, 32, 64, generator=torch.Generator().manual_seed(3)).numpy()
     fields = [TorchBackend(random_init=True, embed_dim=12, precision=precision, channels_last=cl).infer(pair)
               for cl in (False, True)]
@@ -281,3 +283,15 @@ def test_channels_last_backend_gives_the_same_field(precision: str) -> None:
     scale = float(np.abs(fields[0]).max())
     tol = 1e-5 * scale if precision == "fp32" else 2e-2 * scale
     assert float(np.abs(fields[1] - fields[0]).max()) <= tol
+
+
+def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AVX2-only CPU emulates bf16 (~130x slower than fp32): asking for it is an error naming fp32."""
+    import corx.registration.backends as backends
+    from corx.errors import CorxError
+
+    monkeypatch.setattr(backends, "cpu_runs_bf16", lambda torch: False)
+    with pytest.raises(CorxError, match=r"bf16 refused: this CPU \(\w+\) has no AVX-512/AMX .* use precision fp32"):
+        backends.TorchBackend(random_init=True, embed_dim=12, precision="bf16")
+    assert backends.bf16_refusal(torch, "cuda") is None  # GPUs run bf16 natively
+    backends.TorchBackend(random_init=True, embed_dim=12, precision="fp32")  # fp32 is never refused

@@ -351,9 +351,13 @@ def test_in_process_default_needs_weights_or_explicit_random_init(tmp_path: Path
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path: Path) -> None:
+    """On an AVX-512/AMX CPU the server runs bf16 (the in-process bf16 field); on an AVX2-only CPU, where bf16 is
+    emulated (~130x slower), it falls back to ONNX Runtime float32 and says so in its log."""
     import shutil
 
-    from corx.registration.backends import TorchBackend
+    import torch
+
+    from corx.registration.backends import TorchBackend, cpu_runs_bf16
     from corx.registration.triton_client import TritonBackend
     from corx.serving.server import TritonServer, free_port
     from corx_bundle.scripts.export import read_config, write_repository
@@ -367,11 +371,17 @@ def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path
         str(STEPS)  # kept on re-render
     pair = _pair(5)
     exact = TorchBackend(exported["checkpoint"], embed_dim=EMBED).infer(pair)
-    local_bf16 = TorchBackend(exported["checkpoint"], embed_dim=EMBED, precision="bf16").infer(pair)
     with (TritonServer(repo, free_port(), free_port(), exit_timeout=2) as srv,
           TritonBackend(srv.http_url, timeout=120) as client):
         served = client.infer(pair)
+        log = srv.log_tail(400)
     scale = float(np.abs(exact).max())
+    if not cpu_runs_bf16(torch):
+        assert "runtime torchscript-bf16 not used: this CPU has no AVX-512/AMX bfloat16 support" in log, log
+        assert float(np.abs(served - exact).max()) <= FIELD_TOL  # the float32 ONNX model answered
+        return
+    local_bf16 = TorchBackend(exported["checkpoint"], embed_dim=EMBED, precision="bf16").infer(pair)
+    assert "corxnet: PyTorch" in log and "bf16 channels-last" in log, log
     assert float(np.abs(served - local_bf16).max()) <= 0.02 * scale
     assert float(np.abs(served - exact).max()) <= 0.05 * scale
     assert float(np.abs(served - exact).max()) > 1e-6  # bf16 really ran (float32 ONNX would match exactly)

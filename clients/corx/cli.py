@@ -98,7 +98,8 @@ class Commands:
             radiobiology: JSON file overriding the BED tissue parameters (layout of corx/data/radiobiology.json).
             dose: 'dvk' (kernel convolution, default) or 'led' (local deposition) as dose.nii.gz; both in voi.csv.
             precision: in-process network arithmetic: 'fp32' (default) or 'bf16' (about 2x faster on CPUs with
-                bf16 instructions; fields differ by bf16 rounding, README "Pipeline speed").
+                AVX-512/AMX bf16; refused on AVX2-only CPUs, where it is emulated and ~130x slower; fields differ
+                by bf16 rounding, README "Pipeline speed").
         """
         from .pipeline.run import pipeline_command
 
@@ -115,7 +116,8 @@ class Commands:
             repo: model repository (default triton_repo/); configs are written for --spatial_size.
             tensorrt: also build a TensorRT engine (needs an NVIDIA GPU and the tensorrt package).
             runtime: what the CPU model `corxnet` runs: 'onnxruntime' (float32, default) or 'torchscript-bf16'
-                (PyTorch, bfloat16 autocast, channels-last: the fastest CPU path).
+                (PyTorch, bfloat16 autocast, channels-last: the fastest CPU path on AVX-512/AMX CPUs; on an
+                AVX2-only CPU the server falls back to ONNX Runtime float32 and logs why).
         """
         from .serving.commands import run_export
 

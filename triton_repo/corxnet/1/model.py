@@ -60,6 +60,16 @@ class _TorchScriptRunner:
         return field.float().contiguous().numpy()
 
 
+def _cpu_runs_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions on this CPU (AVX-512 or AMX); not on AVX2-only CPUs."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private op gone in a later torch: judge by the vector ISA
+        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
+
+
 class _TensorRTRunner:
     """A serialized TensorRT engine on one GPU, with torch CUDA tensors as I/O buffers."""
 
@@ -120,7 +130,12 @@ class TritonPythonModel:
             if not os.path.isfile(ts_path):
                 raise pb_utils.TritonModelException(
                     f"{ts_path}: TorchScript model missing; export it with `corx export --checkpoint MODEL.pt`")
-            self.runner = _TorchScriptRunner(ts_path, threads)
+            if _cpu_runs_bf16():
+                self.runner = _TorchScriptRunner(ts_path, threads)
+            else:  # oneDNN emulates bf16 on AVX2-only CPUs: ~130x slower than float32 ONNX Runtime
+                self.logger.log_warn("corxnet: runtime torchscript-bf16 not used: this CPU has no AVX-512/AMX "
+                                     "bfloat16 support (bf16 is emulated, ~130x slower); falling back to "
+                                     "ONNX Runtime float32")
         elif runtime not in ("onnxruntime", "torchscript-bf16"):
             raise pb_utils.TritonModelException(f"corxnet: unknown runtime {runtime!r} in config.pbtxt")
         if self.runner is None:
