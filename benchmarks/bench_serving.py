@@ -168,11 +168,10 @@ def main() -> None:
         return
 
     modes = [m for m in args.modes.split(",") if m in IN_PROCESS + SERVED]
-    import torch
 
     from corx.registration.backends import bf16_refusal
 
-    if refusal := bf16_refusal(torch, "cpu"):  # emulated bf16 would take minutes per pair: leave it out, say so
+    if refusal := bf16_refusal("cpu"):  # emulated bf16 would take minutes per pair: leave it out, say so
         print(f"bf16 modes left out: {refusal}")
         modes = [m for m in modes if "bf16" not in m]
     with tempfile.TemporaryDirectory(prefix="corx-bench-") as tmp, contextlib.ExitStack() as stack:

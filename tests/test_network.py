@@ -274,7 +274,7 @@ def test_group_norm_is_the_instance_norm_of_transmorph() -> None:
 def test_channels_last_backend_gives_the_same_field(precision: str) -> None:
     from corx.registration.backends import TorchBackend, bf16_refusal
 
-    if precision == "bf16" and (refusal := bf16_refusal(torch, "cpu")):
+    if precision == "bf16" and (refusal := bf16_refusal("cpu")):
         pytest.skip(refusal)
     pair = torch.rand(4, 32, 32, 64, generator=torch.Generator().manual_seed(3)).numpy()
     fields = [TorchBackend(random_init=True, embed_dim=12, precision=precision, channels_last=cl).infer(pair)
@@ -288,10 +288,11 @@ def test_channels_last_backend_gives_the_same_field(precision: str) -> None:
 def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """An AVX2-only CPU emulates bf16 (~130x slower than fp32): asking for it is an error naming fp32."""
     import corx.registration.backends as backends
+    import corx_bundle.scripts.inferers as inferers
     from corx.errors import CorxError
 
-    monkeypatch.setattr(backends, "cpu_runs_bf16", lambda torch: False)
+    monkeypatch.setattr(inferers, "cpu_runs_bf16", lambda: False)
     with pytest.raises(CorxError, match=r"bf16 refused: this CPU \(\w+\) has no AVX-512/AMX .* use precision fp32"):
         backends.TorchBackend(random_init=True, embed_dim=12, precision="bf16")
-    assert backends.bf16_refusal(torch, "cuda") is None  # GPUs run bf16 natively
+    assert backends.bf16_refusal("cuda") is None  # GPUs run bf16 natively
     backends.TorchBackend(random_init=True, embed_dim=12, precision="fp32")  # fp32 is never refused

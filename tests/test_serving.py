@@ -355,12 +355,11 @@ def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path
     emulated (~130x slower), it falls back to ONNX Runtime float32 and says so in its log."""
     import shutil
 
-    import torch
-
-    from corx.registration.backends import TorchBackend, cpu_runs_bf16
+    from corx.registration.backends import TorchBackend
     from corx.registration.triton_client import TritonBackend
     from corx.serving.server import TritonServer, free_port
     from corx_bundle.scripts.export import read_config, write_repository
+    from corx_bundle.scripts.inferers import cpu_runs_bf16
 
     repo = tmp_path / "repo"
     shutil.copytree(exported["repo"], repo)
@@ -376,7 +375,7 @@ def test_torchscript_bf16_runtime_serves_the_bf16_field(exported: dict, tmp_path
         served = client.infer(pair)
         log = srv.log_tail(400)
     scale = float(np.abs(exact).max())
-    if not cpu_runs_bf16(torch):
+    if not cpu_runs_bf16():
         assert "runtime torchscript-bf16 not used: this CPU has no AVX-512/AMX bfloat16 support" in log, log
         assert float(np.abs(served - exact).max()) <= FIELD_TOL  # the float32 ONNX model answered
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,12 @@ def test_cpu_overlay_keeps_each_variant_in_its_own_run_folder(variant_config: st
     assert parser.get_parsed_content("autocast_dtype") == "bfloat16"
 
 
-def test_field_inferer_autocasts_and_returns_float32_close_to_fp32() -> None:
+def test_field_inferer_autocasts_and_returns_float32_close_to_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    import corx_bundle.scripts.inferers as inferers
     from corx_bundle.scripts.inferers import FieldInferer
     from corx_bundle.scripts.network import build_network
+
+    monkeypatch.setattr(inferers, "cpu_runs_bf16", lambda: True)  # the bf16 arithmetic itself, emulated or not
 
     torch.manual_seed(0)
     net = build_network("corx", embed_dim=24)  # its largest tensors have >= SMALL_TENSOR elements.eval()
@@ -71,6 +75,26 @@ def test_field_inferer_autocasts_and_returns_float32_close_to_fp32() -> None:
     assert torch.equal(plain, reference)
     with pytest.raises(ValueError, match="unknown autocast dtype"):
         FieldInferer("int8")
+
+
+def test_field_inferer_runs_float32_where_the_cpu_would_emulate_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_cpu.json asks for bf16; an AVX2-only CPU would emulate it ~130x slower, so float32 runs, warned once."""
+    import corx_bundle.scripts.inferers as inferers
+    from corx_bundle.scripts.network import build_network
+
+    monkeypatch.setattr(inferers, "cpu_runs_bf16", lambda: False)
+    torch.manual_seed(0)
+    net = build_network("corx", embed_dim=12).eval()
+    x = torch.rand(1, 4, 32, 32, 32)
+    inferer = inferers.FieldInferer("bfloat16")
+    with torch.no_grad():
+        with pytest.warns(RuntimeWarning, match="bfloat16 autocast not used: this CPU .* running float32"):
+            first = inferer(x, net)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per inferer, not per iteration
+            second = inferer(x, net)
+        reference = net(x)
+    assert torch.equal(first, reference) and torch.equal(second, reference)
 
 
 def test_true_field_validation_measures_the_error_in_mm(tmp_path: Path) -> None:

@@ -24,25 +24,20 @@ from ..errors import CorxError
 
 DEFAULT_CHECKPOINT = default_checkpoint()
 BACKENDS = ("inprocess", "onnx", "http", "grpc")
-# Measured on a 2-core AMD EPYC with AVX2 only (CoRX-NET embed_dim 12, 64^3, torch 2.13): fp32 0.48 s, bf16 64 s.
-BF16_EMULATION_NOTE = "bf16 is emulated there, about 130x slower than fp32 (64^3 pair: 64 s vs 0.48 s)"
 
 
-def cpu_runs_bf16(torch: Any) -> bool:
-    """Whether oneDNN runs bfloat16 convolutions on this CPU (AVX-512 or AMX); on AVX2-only CPUs it does not."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private op gone in a later torch: judge by the vector ISA
-        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
-
-
-def bf16_refusal(torch: Any, device: str) -> str | None:
-    """Why bf16 must not run on ``device`` here (a sentence), or None when it may."""
-    if not str(device).startswith("cpu") or cpu_runs_bf16(torch):
+def bf16_refusal(device: str) -> str | None:
+    """Why bf16 must not run on ``device`` here (a sentence: the CPU would emulate it), or None when it may."""
+    if not str(device).startswith("cpu"):
         return None
-    capability = torch.backends.cpu.get_cpu_capability()
-    return (f"this CPU ({capability}) has no AVX-512/AMX bfloat16 support: {BF16_EMULATION_NOTE}; "
-            "use precision fp32")
+    import torch
+
+    from corx_bundle.scripts.inferers import BF16_EMULATION_NOTE, cpu_runs_bf16
+
+    if cpu_runs_bf16():
+        return None
+    return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no AVX-512/AMX bfloat16 support: "
+            f"{BF16_EMULATION_NOTE}; use precision fp32")
 
 
 class Backend(Protocol):
@@ -157,7 +152,7 @@ class TorchBackend:
         from corx_bundle.scripts.inferers import displacement_from_output as integrate
         from corx_bundle.scripts.network import output_integration_steps, to_channels_last
 
-        if precision == "bf16" and (refusal := bf16_refusal(torch, device)):
+        if precision == "bf16" and (refusal := bf16_refusal(device)):
             raise CorxError(f"bf16 refused: {refusal}")
         if threads:
             torch.set_num_threads(int(threads))
