@@ -20,6 +20,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from tqdm import tqdm
 
+from corx_bundle.scripts.allocator import release_freed_memory
 from corx_bundle.scripts.fieldops import jacobian_determinant
 
 from .. import __version__
@@ -461,6 +462,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
         run = _Run(m, staging, steps, reg, cfg, refine_options, warn, point)
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
+        release_freed_memory()  # the network's heap (kept for speed while it ran) goes back to the kernel
         run.write_registered_manifest()
         result = run.tia(threads, radiobiology, dose_mode)
         truth_rows, true_tia = run.truth(result)
