@@ -311,6 +311,22 @@ def _segments(names: Mapping[int, str] | Iterable[Any]) -> list[tuple[str, tuple
     return items
 
 
+def _label_planes(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, str] | Iterable[Any],
+                  target: str | os.PathLike, overwrite: bool
+                  ) -> tuple[Path, list[tuple[str, tuple[int, ...]]], np.ndarray, np.ndarray]:
+    """Checked inputs of a VOI export (SEG, RT Structure Set): the target (refused if it exists, unless
+    ``overwrite``), the segments, and the label map as an LPS plane stack with its LPS affine."""
+    lab = np.asarray(labels)
+    aff = _check_affine(affine, lab.shape)
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise CorxError(f"labels must be an integer array, got {lab.dtype}")
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise CorxError(f"{target}: already exists (use --overwrite to replace it)")
+    stack, lps = _to_lps_stack(lab, aff)
+    return target, _segments(names), stack, lps
+
+
 def segment_codes(name: str) -> tuple[Any, Any]:
     """(Segmented Property Category, Type) codes of a segment name: tumours are Morphologically Abnormal
     Structure / Neoplasm, known organs Anatomical Structure / the organ, anything else Anatomical Structure /
@@ -405,15 +421,7 @@ def write_seg(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, str] |
     hd = _highdicom()
     from pydicom.uid import generate_uid
 
-    lab = np.asarray(labels)
-    aff = _check_affine(affine, lab.shape)
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise CorxError(f"labels must be an integer array, got {lab.dtype}")
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise CorxError(f"{target}: already exists (use --overwrite to replace it)")
-    segments = _segments(names)
-    stack, lps = _to_lps_stack(lab, aff)
+    target, segments, stack, lps = _label_planes(labels, affine, names, target, overwrite)
     masks = np.stack([np.isin(stack, values) for _, values in segments], axis=-1).astype(np.uint8)
     if source_images:
         frame_of_reference_uid = _source_frame_of_reference(source_images[0], patient_id, frame_of_reference_uid)

@@ -25,10 +25,10 @@ from .dicom_export import (
     LPS_FROM_RAS,
     _check_affine,
     _file_dataset,
+    _label_planes,
     _now,
     _patient_study,
     _pydicom,
-    _segments,
     _to_lps_stack,
     reorient_like,
 )
@@ -123,15 +123,7 @@ def write_rtstruct(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, s
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
-    lab = np.asarray(labels)
-    aff = _check_affine(affine, lab.shape)
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise CorxError(f"labels must be an integer array, got {lab.dtype}")
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise CorxError(f"{target}: already exists (use --overwrite to replace it)")
-    segments = _segments(names)
-    stack, lps = _to_lps_stack(lab, aff)
+    target, segments, stack, lps = _label_planes(labels, affine, names, target, overwrite)
     ds = _file_dataset(RT_STRUCTURE_SET_STORAGE)
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "RTSTRUCT", generate_uid(), 1, 1
     ds.SeriesDescription = "corx VOIs"
