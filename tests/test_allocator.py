@@ -33,7 +33,7 @@ print(json.dumps({"applied": applied, "again": keep_freed_memory(), "faults": su
 
 def _probe(**env: str) -> dict:
     run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env}, cwd=ROOT)
+                         env={**{k: v for k, v in os.environ.items() if k != "CORX_MALLOC"}, **env}, cwd=ROOT)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
