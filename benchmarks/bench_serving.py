@@ -2,12 +2,12 @@
 
 Exports a freshly initialised CoRX-NET (timing only: weights do not change the cost) to ONNX and TorchScript in a
 temporary model repository (or uses --repo DIR if it already holds corxnet/1/model.onnx). Served modes ending in
-"@bf16" go to a second server whose corxnet runs the TorchScript model in bf16 (runtime torchscript-bf16); the
-others to one running ONNX Runtime. In-process "bf16" is channels-last (the default), "bf16-contiguous" is not.
-Each mode runs in its own
-worker process (all loaded and warmed up first, then driven in interleaved rounds so that a drifting CPU speed
-affects every mode alike): --requests timed pairs per mode, one at a time. Prints latency p50/p95,
-throughput (pairs/s) and peak memory (worker RSS; for Triton also the server and its Python-backend stub).
+"@ts" go to a server whose corxnet runs the TorchScript model in float32 (runtime torchscript), "@bf16" to one
+running it in bf16 (runtime torchscript-bf16); the others to one running ONNX Runtime. In-process "bf16" is
+channels-last (the default), "bf16-contiguous" is not. Each mode runs in its own worker process (all loaded and
+warmed up first, then driven in interleaved rounds so that a drifting CPU speed affects every mode alike):
+--requests timed pairs per mode, one at a time. Prints latency p50/p95, throughput (pairs/s) and peak memory
+(worker RSS; for Triton also the server and its Python-backend stub).
 
     python benchmarks/bench_serving.py [--requests 3] [--size 128] [--repo DIR] [--modes eager,bf16,onnx,...]
 """
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 IN_PROCESS = ("eager", "bf16", "bf16-contiguous", "onnx")
-SERVED = ("http", "grpc", "http+shm", "grpc+shm", "http@bf16", "grpc+shm@bf16")
+SERVED = ("http", "grpc", "http+shm", "grpc+shm", "grpc+shm@ts", "http@bf16", "grpc+shm@bf16")
+RUNTIME_OF_KIND = {"onnx": "onnxruntime", "ts": "torchscript", "bf16": "torchscript-bf16"}  # server kinds
 
 
 def _backend(mode: str, repo: str, url: str):
@@ -143,14 +144,19 @@ def _export(repo: Path, size: int) -> None:
           f"{report.max_abs_diff['onnx']:.1e} voxels)", flush=True)
 
 
-def _bf16_repo(repo: Path, target: Path, size: int) -> Path:
-    """A copy of ``repo`` whose corxnet runs the TorchScript model in bf16."""
+def _server_kind(mode: str) -> str:
+    """Which server a served mode goes to: "onnx", "ts" or "bf16" (the suffix after "@")."""
+    return mode.split("@")[1] if "@" in mode else "onnx"
+
+
+def _runtime_repo(repo: Path, target: Path, size: int, runtime: str) -> Path:
+    """A copy of ``repo`` whose corxnet runs ``runtime``."""
     import shutil
 
     from corx_bundle.scripts.export import write_repository
 
     shutil.copytree(repo, target)
-    write_repository(target, (size,) * 3, runtime="torchscript-bf16")
+    write_repository(target, (size,) * 3, runtime=runtime)
     return target
 
 
@@ -178,15 +184,16 @@ def main() -> None:
         repo = Path(args.repo) if args.repo else Path(tmp) / "repo"
         if not (repo / "corxnet" / "1" / "model.onnx").is_file():
             _export(repo, args.size)
-        servers: dict[str, Any] = {}  # "onnx" / "bf16" -> TritonServer
-        for kind in {("bf16" if m.endswith("@bf16") else "onnx") for m in modes if m in SERVED}:
+        servers: dict[str, Any] = {}  # server kind -> TritonServer
+        for kind in {_server_kind(m) for m in modes if m in SERVED}:
             from corx.serving.server import TritonServer, free_port
 
-            served_repo = _bf16_repo(repo, Path(tmp) / "repo_bf16", args.size) if kind == "bf16" else repo
+            served_repo = (repo if kind == "onnx" else
+                           _runtime_repo(repo, Path(tmp) / f"repo_{kind}", args.size, RUNTIME_OF_KIND[kind]))
             servers[kind] = stack.enter_context(TritonServer(served_repo, free_port(), free_port(), exit_timeout=2))
 
         def server_of(mode: str) -> Any:
-            return servers.get("bf16" if mode.endswith("@bf16") else "onnx") if mode in SERVED else None
+            return servers.get(_server_kind(mode)) if mode in SERVED else None
 
         workers = []
         for mode in modes:
@@ -211,14 +218,13 @@ def main() -> None:
     for w in workers:
         lat = np.array(w.latencies)
         label = w.mode if w.mode in IN_PROCESS else f"triton {w.mode}"
-        server_kind = "bf16" if w.mode.endswith("@bf16") else "onnx"
-        srv = f"{server_mib[server_kind]:>12.0f}" if w.mode in SERVED else f"{'-':>12}"
+        srv = f"{server_mib[_server_kind(w.mode)]:>12.0f}" if w.mode in SERVED else f"{'-':>12}"
         print(f"{label:<22}{np.percentile(lat, 50):>8.2f}{np.percentile(lat, 95):>8.2f}"
               f"{len(lat) / lat.sum():>9.3f}{np.median(w.cpu):>12.1f}{w.rss_mib:>12.0f}{srv}")
     print("pairs/s: one client, sequential requests. CPU s/pair: median user+system CPU seconds of the client "
           "process plus, for Triton, tritonserver and its stub (less sensitive than wall time to other load on the "
-          "machine). server MiB: peak RSS of tritonserver + stub over the Triton modes it served (@bf16: the "
-          "server running the TorchScript model in bf16; others: ONNX Runtime float32).")
+          "machine). server MiB: peak RSS of tritonserver + stub over the Triton modes it served (@ts / @bf16: the "
+          "servers running the TorchScript model in float32 / bf16; others: ONNX Runtime float32).")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Layout written under ``repo`` (triton_repo/ by default; configs and model.py are tracked, model files are not):
 
     corxnet/config.pbtxt, corxnet/1/model.py, corxnet/1/model.onnx     Python backend (CPU server): ONNX Runtime,
-                                                                       or the TorchScript model in bf16 (runtime)
+                                                                       or the TorchScript model (runtime)
     corxnet_trt/config.pbtxt, corxnet_trt/1/model.plan                 tensorrt_plan (NGC Triton on a GPU)
     corxnet_ts/config.pbtxt, corxnet_ts/1/model.pt                     pytorch_libtorch (NGC Triton), TorchScript
 
@@ -37,7 +37,8 @@ INPUT_NAME, OUTPUT_NAME = "pair", "field"
 #: what the CPU model ``corxnet`` runs in Triton's Python backend
 RUNTIMES = {
     "onnxruntime": "the ONNX model with ONNX Runtime, float32",
-    "torchscript-bf16": "the TorchScript model with PyTorch, bfloat16 autocast and channels-last (fastest on CPU)",
+    "torchscript": "the TorchScript model with PyTorch, float32, channels-last (faster than ONNX Runtime on CPU)",
+    "torchscript-bf16": "the TorchScript model with PyTorch, bfloat16 autocast, channels-last (AVX512-BF16 CPUs)",
 }
 ONNX_TOLERANCE = 1e-3  # voxels
 #: model-config parameter / ONNX metadata key: scaling-and-squaring steps the client applies to the output
@@ -278,7 +279,7 @@ def render_configs(spatial: Sequence[int] = (128, 128, 128), max_batch: int = 4,
                   **steps}
     # TorchScript's profiling executor optimises the graph on the second call: warm up twice
     cpu = _model_config(MODEL_NAME, io_names=(INPUT_NAME, OUTPUT_NAME), kind="KIND_CPU", instances=cpu_instances,
-                        parameters=cpu_params, warmup_count=2 if runtime == "torchscript-bf16" else 1, **common)
+                        parameters=cpu_params, warmup_count=2 if runtime.startswith("torchscript") else 1, **common)
     trt = _model_config(TRT_MODEL_NAME, io_names=(INPUT_NAME, OUTPUT_NAME), kind="KIND_GPU", instances=gpu_instances,
                         parameters=steps, warmup_count=1, **common)
     ts = _model_config(TS_MODEL_NAME, io_names=("INPUT__0", "OUTPUT__0"), kind="KIND_GPU", instances=gpu_instances,
@@ -349,8 +350,8 @@ def export_repository(repo: str | Path = REPO_DEFAULT, checkpoint: str | Path | 
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
-    if runtime == "torchscript-bf16" and not torchscript:
-        raise ExportError("runtime torchscript-bf16 serves the TorchScript export: do not turn --torchscript off")
+    if runtime.startswith("torchscript") and not torchscript:
+        raise ExportError(f"runtime {runtime} serves the TorchScript export: do not turn --torchscript off")
     if tensorrt and (reason := tensorrt_unavailable()):
         raise ExportError(f"TensorRT engine not built: {reason}; export without --tensorrt here, and build the "
                           "engine on the GPU server (corx export --tensorrt)")

@@ -115,9 +115,10 @@ class Commands:
             checkpoint: trained weights (bundle/models/model.pt); or --random_init (tests, benchmarks only).
             repo: model repository (default triton_repo/); configs are written for --spatial_size.
             tensorrt: also build a TensorRT engine (needs an NVIDIA GPU and the tensorrt package).
-            runtime: what the CPU model `corxnet` runs: 'onnxruntime' (float32, default) or 'torchscript-bf16'
-                (PyTorch, bfloat16 autocast, channels-last: the fastest CPU path on AVX-512/AMX CPUs; on an
-                AVX2-only CPU the server falls back to ONNX Runtime float32 and logs why).
+            runtime: what the CPU model `corxnet` runs: 'onnxruntime' (float32, default), 'torchscript' (PyTorch,
+                float32, channels-last: as fast as in-process) or 'torchscript-bf16' (the same under bfloat16
+                autocast: fastest on AVX-512/AMX CPUs; on an AVX2-only CPU the server runs TorchScript float32 and
+                logs why).
         """
         from .serving.commands import run_export
 

@@ -1,8 +1,9 @@
 """Triton Python-backend model ``corxnet``: CoRX-NET ``pair`` (B, 4, D, H, W) -> ``field`` (B, 3, D, H, W).
 
 Runs ``model.onnx`` (written by ``corx export``) with ONNX Runtime, or, with the parameter ``runtime`` set to
-``torchscript-bf16``, the TorchScript export with PyTorch under bfloat16 autocast in channels-last memory (the
-fastest CPU path; the field differs from float32 by bf16 rounding). On a GPU instance (KIND_GPU), when the
+``torchscript``, the TorchScript export with PyTorch in float32 and channels-last memory (the in-process network's
+path: faster than ONNX Runtime on CPU), or with ``torchscript-bf16`` the same under bfloat16 autocast (the fastest
+on CPUs with AVX512-BF16/AMX; the field differs from float32 by bf16 rounding). On a GPU instance (KIND_GPU), when the
 TensorRT engine named by the ``tensorrt_engine`` parameter exists and ``tensorrt`` and ``torch`` (CUDA buffers)
 import, it runs the engine instead; otherwise ONNX Runtime with the CUDA provider when available. Requests queued
 by the dynamic batcher are concatenated along the batch axis and answered in order. Triton itself refuses inputs
@@ -40,22 +41,33 @@ class _OnnxRunner:
 
 
 class _TorchScriptRunner:
-    """The TorchScript export on CPU with PyTorch: bfloat16 autocast, channels-last weights and inputs."""
+    """The TorchScript export on CPU with PyTorch: channels-last weights and inputs, float32 or bfloat16 autocast.
 
-    def __init__(self, path: str, threads: int) -> None:
+    Where ``corx_bundle`` is importable (a corx installation), glibc keeps freed memory for reuse as in-process
+    (``corx_bundle.scripts.allocator``: about 2x faster per 128^3 float32 pair); elsewhere glibc's defaults stay.
+    """
+
+    def __init__(self, path: str, threads: int, bf16: bool) -> None:
         import torch
 
+        try:
+            from corx_bundle.scripts.allocator import keep_freed_memory
+        except ImportError:  # the model repository deployed without corx
+            kept = False
+        else:
+            kept = keep_freed_memory()
         if threads:
             torch.set_num_threads(threads)
-        self.torch = torch
+        self.torch, self.bf16 = torch, bf16
         self.model = torch.jit.load(path, map_location="cpu").eval()
         self.model.to(memory_format=torch.channels_last_3d)
-        self.description = f"PyTorch {torch.__version__} bf16 channels-last on {os.path.basename(path)}"
+        self.description = (f"PyTorch {torch.__version__} {'bf16' if bf16 else 'fp32'} channels-last on "
+                            f"{os.path.basename(path)}" + (", freed memory kept" if kept else ""))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(batch)).contiguous(memory_format=torch.channels_last_3d)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             field = self.model(x)
         return field.float().contiguous().numpy()
 
@@ -125,18 +137,19 @@ class TritonPythonModel:
                 self.logger.log_warn(f"corxnet: TensorRT engine not used ({exc}); falling back to ONNX Runtime")
         runtime = params.get("runtime", "onnxruntime") or "onnxruntime"
         threads = int(params.get("intra_op_threads", "0") or 0)
-        if self.runner is None and runtime == "torchscript-bf16":
+        if self.runner is None and runtime in ("torchscript", "torchscript-bf16"):
             ts_path = os.path.normpath(os.path.join(model_dir, params.get("torchscript_model", "")))
             if not os.path.isfile(ts_path):
                 raise pb_utils.TritonModelException(
                     f"{ts_path}: TorchScript model missing; export it with `corx export --checkpoint MODEL.pt`")
-            if _cpu_runs_bf16():
-                self.runner = _TorchScriptRunner(ts_path, threads)
-            else:  # oneDNN emulates bf16 on AVX2-only CPUs: ~130x slower than float32 ONNX Runtime
+            bf16 = runtime == "torchscript-bf16"
+            if bf16 and not _cpu_runs_bf16():  # oneDNN emulates bf16 on AVX2-only CPUs: ~130x slower than fp32
                 self.logger.log_warn("corxnet: runtime torchscript-bf16 not used: this CPU has no AVX-512/AMX "
                                      "bfloat16 support (bf16 is emulated, ~130x slower); falling back to "
-                                     "ONNX Runtime float32")
-        elif runtime not in ("onnxruntime", "torchscript-bf16"):
+                                     "TorchScript float32")
+                bf16 = False
+            self.runner = _TorchScriptRunner(ts_path, threads, bf16)
+        elif runtime not in ("onnxruntime", "torchscript", "torchscript-bf16"):
             raise pb_utils.TritonModelException(f"corxnet: unknown runtime {runtime!r} in config.pbtxt")
         if self.runner is None:
             if not os.path.isfile(onnx_path):
