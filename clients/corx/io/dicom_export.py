@@ -263,17 +263,23 @@ def _frame_spacing(ds: Any, where: Path) -> float:
     return float(np.mean(steps))
 
 
-def read_rtdose(path: str | os.PathLike, like_affine: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(dose in Gy as float64 (column, row, frame), RAS affine) of an RT Dose file; with ``like_affine`` the dose
-    is reoriented onto that grid (see ``reorient_like``)."""
+def read_dataset(path: str | os.PathLike, what: str) -> Any:
+    """The DICOM dataset at ``path``; a CorxError naming the file when it is missing or not a readable ``what``."""
     pydicom = _pydicom()
     path = Path(path)
     if not path.is_file():
         raise CorxError(f"{path}: file not found")
     try:
-        ds = pydicom.dcmread(str(path))
+        return pydicom.dcmread(str(path))
     except Exception as exc:
-        raise CorxError(f"{path}: not a readable DICOM file ({exc})") from exc
+        raise CorxError(f"{path}: not a readable {what} ({exc})") from exc
+
+
+def read_rtdose(path: str | os.PathLike, like_affine: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(dose in Gy as float64 (column, row, frame), RAS affine) of an RT Dose file; with ``like_affine`` the dose
+    is reoriented onto that grid (see ``reorient_like``)."""
+    path = Path(path)
+    ds = read_dataset(path, "DICOM file")
     if str(getattr(ds, "Modality", "")) != "RTDOSE":
         raise CorxError(f"{path}: expected Modality RTDOSE, got {getattr(ds, 'Modality', None)!r}")
     if str(getattr(ds, "DoseUnits", "")).upper() != "GY":

@@ -30,6 +30,7 @@ from .dicom_export import (
     _patient_study,
     _pydicom,
     _to_lps_stack,
+    read_dataset,
     reorient_like,
 )
 from .imageio import atomic_path
@@ -166,14 +167,11 @@ def read_rtstruct(path: str | os.PathLike, shape: tuple[int, ...], affine: np.nd
     """{ROI name: bool mask on the grid (``shape``, RAS ``affine``)}: the voxels whose centres lie inside the
     ROI's contours (the loops of one plane combined by exclusive or). Every contour must lie on a frame of that
     grid's L-P-S stack (the planes :func:`write_rtstruct` and ``dose.dcm`` use)."""
-    pydicom = _pydicom()
     from matplotlib.path import Path as Polygon
 
     path = Path(path)
-    if not path.is_file():
-        raise CorxError(f"{path}: file not found")
+    ds = read_dataset(path, "RT Structure Set")
     try:
-        ds = pydicom.dcmread(str(path))
         names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
         roi_contours = list(ds.ROIContourSequence)
     except Exception as exc:
