@@ -34,25 +34,27 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
-def _apply() -> bool:
-    if os.environ.get(OPT_OUT_ENV, "").strip().lower() == "default":
-        return False
-    name = ctypes.util.find_library("c")
+def _libc() -> ctypes.CDLL | None:
+    """The C library, when it has glibc's mallopt and malloc_trim; else None."""
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):  # no libc found, or one without mallopt
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError, TypeError):  # no libc found, or one without these (macOS, musl)
+        return None
+    return libc
+
+
+def _apply() -> bool:
+    if os.environ.get(OPT_OUT_ENV, "").strip().lower() == "default" or (libc := _libc()) is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def release_freed_memory() -> bool:
     """Hand the heap's free pages back to the kernel (glibc ``malloc_trim(0)``), e.g. when the network is done and
     the rest of a run needs far less memory; True when glibc did it. The tuning itself stays in effect."""
-    if not _applied:
+    if not _applied or (libc := _libc()) is None:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     libc.malloc_trim(0)
     return True

@@ -212,16 +212,23 @@ class RefineOptions:
         if not isinstance(self.coarsen, int) or isinstance(self.coarsen, bool) or self.coarsen < 1:
             raise CorxError(f"refine coarsening must be an integer >= 1, got {self.coarsen!r}")
 
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the default of :mod:`corx.registration.refine` when it is None."""
+        from .refine import DEFAULT_LR
+
+        return DEFAULT_LR if self.lr is None else float(self.lr)
+
 
 def refine_grid_field(pair: PairInput, gf: GridField, options: RefineOptions) -> GridField:
     """``gf`` (moved onto the network grid) refined on the pair; ``info`` gains ``refine_*`` (seconds, steps,
     coarsen, loss_before, loss_after) and its ``seconds`` include the refinement."""
-    from .refine import DEFAULT_LR, refine_field
+    from .refine import refine_field
 
     start = time.perf_counter()
     prepared = pair.prepared
-    lr = DEFAULT_LR if options.lr is None else float(options.lr)
-    r = refine_field(prepared.image, pair.on_network_grid(gf), options.steps, lr, coarsen=options.coarsen)
+    r = refine_field(prepared.image, pair.on_network_grid(gf), options.steps, options.learning_rate,
+                     coarsen=options.coarsen)
     seconds = time.perf_counter() - start
     info = {**gf.info, "seconds": gf.info.get("seconds", 0.0) + seconds, "refine_seconds": seconds,
             "refine_steps": r.steps, "refine_coarsen": options.coarsen, "refine_loss_before": r.loss_before,
@@ -238,10 +245,9 @@ class RefinedMethod:
         self.status = base.status
 
     def settings(self) -> dict[str, Any]:
-        from .refine import DEFAULT_LR, DEFAULT_STRIDE
+        from .refine import DEFAULT_STRIDE
 
-        refine: dict[str, Any] = {"steps": self.options.steps,
-                                  "lr": DEFAULT_LR if self.options.lr is None else self.options.lr,
+        refine: dict[str, Any] = {"steps": self.options.steps, "lr": self.options.learning_rate,
                                   "stride": DEFAULT_STRIDE}
         if self.options.coarsen != 1:
             refine["coarsen"] = self.options.coarsen
