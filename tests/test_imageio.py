@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +11,7 @@ import pytest
 
 from corx.errors import CorxError
 from corx.geometry.resample import resample_to_grid
-from corx.io.imageio import atomic_path, read_array, save_image
+from corx.io.imageio import atomic_path, read_array, save_image, write_nifti
 
 
 def test_save_keeps_affine_and_refuses_clobber(tmp_path: Path) -> None:
@@ -26,6 +27,21 @@ def test_save_keeps_affine_and_refuses_clobber(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_array(target)[0], data)  # untouched
     save_image(data * 2, affine, target, overwrite=True)
     np.testing.assert_array_equal(read_array(target)[0], data * 2)
+
+
+def test_nifti_gz_is_plain_gzip_and_nii_is_uncompressed(tmp_path: Path) -> None:
+    """The ISA-L writer makes ordinary gzip (stdlib gzip and nibabel read it back exactly); `.nii` stays raw."""
+    rng = np.random.default_rng(0)
+    field = rng.normal(size=(20, 18, 16, 3)).astype(np.float32)  # incompressible, like a displacement field
+    affine = np.diag([3.9, 3.9, 3.9, 1.0])
+    img = nib.Nifti1Image(field, affine)
+    write_nifti(img, tmp_path / "f.nii.gz")
+    write_nifti(img, tmp_path / "f.nii")
+    raw = (tmp_path / "f.nii").read_bytes()
+    packed = (tmp_path / "f.nii.gz").read_bytes()
+    assert packed[:2] == b"\x1f\x8b" and raw[:4] != b"\x1f\x8b\x08\x00"
+    assert gzip.decompress(packed) == raw == img.to_bytes()
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "f.nii.gz")).get_fdata(dtype=np.float32), field)
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:

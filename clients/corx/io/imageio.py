@@ -11,6 +11,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 
 from corx_bundle.scripts.atomic import atomic_path as bundle_atomic_path
 
@@ -64,8 +65,24 @@ def save_image(data: np.ndarray, affine: np.ndarray, target: str | os.PathLike, 
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     with atomic_path(target, overwrite=overwrite) as tmp:
-        nib.save(img, str(tmp))
+        write_nifti(img, tmp)
     return Path(target)
+
+
+#: gzip level of every .nii.gz corx writes (Intel ISA-L level 1: ~15x faster than zlib level 1 on float fields,
+#: files ~4 % larger; see README "Pipeline speed")
+GZIP_LEVEL = 1
+
+
+def write_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
+    """Write ``img`` to ``path`` (not atomic: use :func:`atomic_path`) as one NIfTI-1 file, gzip-compressed with
+    ISA-L when the name ends in ``.gz`` (the temporary names of :func:`atomic_path` keep the suffixes)."""
+    path = Path(path)
+    if path.suffix != ".gz":
+        img.to_filename(str(path))
+        return
+    with igzip.open(path, "wb", compresslevel=GZIP_LEVEL) as stream:
+        stream.write(img.to_bytes())
 
 
 def save_json(obj: Any, target: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import CorxError
 from ..io.concurrency import submit
-from ..io.imageio import atomic_path, save_image, save_json
+from ..io.imageio import atomic_path, save_image, save_json, write_nifti
 
 COMPLETE = "COMPLETE"
 PARTIAL_PREFIX = ".partial-"
@@ -110,7 +110,7 @@ class Staging:
         """Stage a prepared NIfTI image object (atomic write, in the background)."""
         def write(p: Path) -> None:
             with atomic_path(p) as tmp:
-                nib.save(img, str(tmp))
+                write_nifti(img, tmp)
         return self._in_background(rel, write)
 
     def json(self, rel: str, obj: Any) -> Path:
