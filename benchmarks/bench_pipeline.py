@@ -69,6 +69,7 @@ def main() -> None:
 
     from corx.pipeline.run import run_pipeline
     from corx.registration.backends import DEFAULT_CHECKPOINT
+    from corx_bundle.scripts.scripted import cached_script_path
 
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         t0 = time.perf_counter()
@@ -77,6 +78,11 @@ def main() -> None:
         patient = Path(generated.stdout.strip().splitlines()[-1])
         t_phantom = time.perf_counter() - t0
         random_init = args.method == "corx" and not DEFAULT_CHECKPOINT.is_file()
+        script = (cached_script_path(DEFAULT_CHECKPOINT) if args.method == "corx" and not random_init
+                  and not args.server and args.precision == "fp32" else None)
+        network_cache = ("" if script is None else
+                         ", network from the TorchScript cache" if script.is_file() else
+                         ", network built with MONAI and cached (the next run loads it faster)")
         res = run_pipeline(patient / "patient.json", Path(tmp) / "out", method=args.method, random_init=random_init,
                            refine=args.refine, threads=args.threads, progress=False, quiet=True,
                            precision=args.precision, server=args.server, protocol=args.protocol)
@@ -91,7 +97,7 @@ def main() -> None:
     print(f"corx pipeline, {args.cohort} phantom (4 time points, grid {grid}), method {args.method}"
           f"{f' {args.precision}' if args.method == 'corx' and not args.server else ''}"
           f"{f' on Triton at {args.server} ({args.protocol})' if args.server else ''}"
-          f"{' (untrained weights)' if random_init else ''}, "
+          f"{' (untrained weights)' if random_init else ''}{network_cache}, "
           f"{args.threads} threads, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
     print(f"  {'phantom generation (not part of the pipeline)':<44} {t_phantom:8.2f} s")
     per_pair = forward / n_pairs if forward and n_pairs else None

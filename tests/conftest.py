@@ -17,6 +17,16 @@ if str(BUNDLE_ROOT) not in sys.path:
     sys.path.insert(0, str(BUNDLE_ROOT))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torchscript_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Scripted networks go to a folder of this test session, not to the user's ~/.cache (shared by the tests,
+    like the real cache; subprocesses inherit it)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CORX_CACHE_DIR", str(tmp_path_factory.mktemp("corx_cache")))
+    yield
+    mp.undo()
+
+
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, affine), str(path))

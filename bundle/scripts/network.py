@@ -84,6 +84,8 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging, SwinTransformerBlock
 from torch import Tensor, nn
 
+from .scripted import output_integration_steps  # defined beside the TorchScript loader, which must not import MONAI
+
 __all__ = [
     "PAPER_PARAMETERS",
     "VARIANTS",
@@ -114,12 +116,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "num_heads": (4, 4, 8, 8),
     },
 }
-
-
-def output_integration_steps(model: nn.Module) -> int:
-    """Scaling-and-squaring steps the network's output needs (0: it is already a displacement field)."""
-    steps = getattr(model, "integration_steps", None)
-    return int(steps) if steps is not None else 0
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
@@ -137,7 +138,10 @@ class BackgroundBackend:
 class TorchBackend:
     """CoRX-NET in this process with PyTorch (lazy import); ``precision`` "fp32" or "bf16" (autocast).
 
-    ``channels_last`` (default) keeps weights and input in NDHWC memory: same field, faster on CPU.
+    ``channels_last`` (default) keeps weights and input in NDHWC memory: same field, faster on CPU. In float32 a
+    checkpoint's network comes from the TorchScript cache once it has been built there (no MONAI import, and the
+    legacy graph executor's smaller, faster first forward; the same field: ``corx_bundle.scripts.scripted``);
+    ``loaded_from`` says how it was loaded. bfloat16 autocast runs the MONAI-built module.
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, random_init: bool = False,
@@ -149,9 +153,7 @@ class TorchBackend:
         import torch
 
         from corx_bundle.scripts.allocator import keep_freed_memory
-        from corx_bundle.scripts.export import load_network
-        from corx_bundle.scripts.inferers import displacement_from_output as integrate
-        from corx_bundle.scripts.network import output_integration_steps, to_channels_last
+        from corx_bundle.scripts.scripted import legacy_executor, load_inference_network, output_integration_steps
 
         if precision == "bf16" and (refusal := bf16_refusal(device)):
             raise CorxError(f"bf16 refused: {refusal}")
@@ -163,26 +165,28 @@ class TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         self.precision = precision
-        self.net = load_network(checkpoint, random_init=random_init, variant=variant, seed=seed,
-                                **overrides).to(self.device)
+        net, self.loaded_from = load_inference_network(checkpoint, random_init=random_init, variant=variant,
+                                                       seed=seed, channels_last=channels_last,
+                                                       scripted=precision == "fp32", **overrides)
+        self.net = net.to(self.device)
+        self._executor = legacy_executor if isinstance(net, torch.jit.ScriptModule) else contextlib.nullcontext
         self.integration_steps = output_integration_steps(self.net)
-        self._integrate = integrate
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        if channels_last:
-            to_channels_last(self.net)
         self.input_shape: tuple[int, ...] = ()
 
     def infer(self, pair: np.ndarray) -> np.ndarray:
         batch, single = _as_batch(pair)
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).contiguous(memory_format=self.memory_format)
-        with torch.inference_mode():
-            if self.precision == "bf16":
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    field = self.net(x)
-            else:
-                field = self.net(x)
-            field = self._integrate(field.float().contiguous(), self.integration_steps)
+        with torch.inference_mode(), self._executor(), torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            field = self.net(x)
+        field = field.float().contiguous()
+        if self.integration_steps:
+            from corx_bundle.scripts.inferers import displacement_from_output  # imports MONAI (DVF2DDF)
+
+            with torch.inference_mode():
+                field = displacement_from_output(field, self.integration_steps)
         out = field.cpu().contiguous().numpy()
         return out[0] if single else out
 
