@@ -220,6 +220,8 @@ class TritonServer:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)  # the group we created: server and its stubs
                     proc.wait(10)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # a Python-backend stub can outlive a server that exited
             code = self.returncode = proc.returncode
         self.process = None
         if self._log_handle is not None:
