@@ -382,6 +382,7 @@ def test_torchscript_runtimes_serve_the_in_process_field(exported: dict, tmp_pat
     if runtime == "torchscript" or not cpu_runs_bf16():
         assert "corxnet: PyTorch" in log and "fp32 channels-last" in log, log
         assert platform.libc_ver()[0] != "glibc" or "freed memory kept" in log, log  # corx_bundle's allocator
+        assert "legacy graph executor" in log, log  # as the in-process TorchScript cache runs it
         assert float(np.abs(served - exact).max()) <= 1e-5 * scale  # TorchScript float32, as in-process
         return
     local_bf16 = TorchBackend(exported["checkpoint"], embed_dim=EMBED, precision="bf16").infer(pair)
