@@ -28,6 +28,7 @@ import torch
 from .atomic import atomic_path
 from .locations import TRITON_TEMPLATE, default_triton_repo, triton_template_dir
 from .network import build_network, output_integration_steps
+from .scripted import load_script, script_network
 
 REPO_DEFAULT = default_triton_repo()
 MODEL_NAME = "corxnet"
@@ -142,11 +143,8 @@ def export_onnx(net: torch.nn.Module, target: Path, spatial: Sequence[int], chec
 def export_torchscript(net: torch.nn.Module, target: Path, spatial: Sequence[int]) -> float:
     """``torch.jit.script`` the network (sizes stay dynamic), reload and check it; returns max abs diff."""
     with atomic_path(target) as tmp:  # kept only when the check below passes
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but the libtorch backend's format
-            scripted = torch.jit.script(net)
-            scripted.save(str(tmp))
-            loaded = torch.jit.load(str(tmp))
+        script_network(net).save(str(tmp))
+        loaded = load_script(tmp)
         x = _example(spatial)
         with torch.no_grad():
             diff = float((loaded(x) - net(x)).abs().max())

@@ -100,13 +100,15 @@ def _build(checkpoint: str | os.PathLike | None, random_init: bool, variant: str
     return to_channels_last(net) if channels_last else net
 
 
-def _script(net: torch.nn.Module) -> torch.jit.ScriptModule:
+def script_network(net: torch.nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` without its deprecation warnings (sizes stay dynamic)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream; it is still how the libtorch format is made
         return torch.jit.script(net)
 
 
-def _load_script(path: Path) -> torch.jit.ScriptModule:
+def load_script(path: str | os.PathLike) -> torch.jit.ScriptModule:
+    """``torch.jit.load`` onto the CPU, in eval mode, without its deprecation warnings."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # as above
         return torch.jit.load(str(path), map_location="cpu").eval()
@@ -126,7 +128,7 @@ def load_inference_network(checkpoint: str | os.PathLike | None, random_init: bo
         return _build(checkpoint, random_init, variant, seed, channels_last, overrides).eval(), "built"
     if target.is_file():
         try:
-            scripted = _load_script(target)
+            scripted = load_script(target)
         except (RuntimeError, OSError, ValueError):
             target.unlink(missing_ok=True)  # a damaged entry is rebuilt below
         else:
@@ -134,7 +136,7 @@ def load_inference_network(checkpoint: str | os.PathLike | None, random_init: bo
                 scripted.to(memory_format=torch.channels_last_3d)
             return scripted, "torchscript cache"
     net = _build(checkpoint, random_init, variant, seed, channels_last, overrides).eval()
-    scripted = _script(net)
+    scripted = script_network(net)
     try:
         with atomic_path(target) as tmp:
             scripted.save(str(tmp))

@@ -70,7 +70,7 @@ def save_image(data: np.ndarray, affine: np.ndarray, target: str | os.PathLike, 
 
 
 #: gzip level of every .nii.gz corx writes (Intel ISA-L level 1: ~15x faster than zlib level 1 on float fields,
-#: files ~4 % larger; see README "Pipeline speed")
+#: files ~3 % larger; see README "Pipeline speed")
 GZIP_LEVEL = 1
 
 

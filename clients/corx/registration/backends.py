@@ -178,14 +178,14 @@ class TorchBackend:
         batch, single = _as_batch(pair)
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).contiguous(memory_format=self.memory_format)
-        with torch.inference_mode(), self._executor(), torch.autocast(
-                self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            field = self.net(x)
-        field = field.float().contiguous()
-        if self.integration_steps:
-            from corx_bundle.scripts.inferers import displacement_from_output  # imports MONAI (DVF2DDF)
+        with torch.inference_mode():
+            with self._executor(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                  enabled=self.precision == "bf16"):
+                field = self.net(x)
+            field = field.float().contiguous()
+            if self.integration_steps:
+                from corx_bundle.scripts.inferers import displacement_from_output  # imports MONAI (DVF2DDF)
 
-            with torch.inference_mode():
                 field = displacement_from_output(field, self.integration_steps)
         out = field.cpu().contiguous().numpy()
         return out[0] if single else out
