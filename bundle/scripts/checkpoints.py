@@ -1,12 +1,55 @@
-"""Finding the checkpoint a training run resumes from."""
+"""Finding the checkpoint a training run resumes from; starting a run from earlier weights."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Submodules a warm start may find missing in older weights: they are new options that start neutral
+#: (``scripts.network.AffineHead`` adds nothing until trained).
+OPTIONAL_SUBMODULES = ("affine_head.",)
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "checkpoint_*.pt") -> str | None:
     """Newest file matching ``pattern`` in ``ckpt_dir`` (by modification time), or None if there is none."""
     candidates = sorted(Path(ckpt_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
     return str(candidates[-1]) if candidates else None
+
+
+def network_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The network's state dict from a raw state dict, {"model": ...} (MONAI/Ignite savers) or {"state_dict": ...}."""
+    for key in ("model", "network", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a CoRX-NET checkpoint (expected a state dict, or one under 'model')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def warm_start(network: torch.nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load the weights in ``path`` into ``network`` before training (float16-stored tensors are cast back).
+
+    Everything must match except submodules the weights predate (:data:`OPTIONAL_SUBMODULES`), which keep their
+    neutral initialisation; returns the names of the parameters left so."""
+    state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    new = [k for k in missing if k.startswith(OPTIONAL_SUBMODULES)]
+    # weights saved before the diffeomorphic option carry no integration_steps buffer
+    wrong = [k for k in missing if k not in new and k != "integration_steps"]
+    if wrong or unexpected:
+        raise ValueError(f"{path}: does not match the network being trained (missing {wrong[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return new
+
+
+def has_submodule(path: str | os.PathLike, name: str) -> bool:
+    """Whether the weights in ``path`` hold submodule ``name`` (e.g. ``"affine_head"``), so that a config builds the
+    network the weights need; False when there is no file (the checkpoint loader then says so)."""
+    if not Path(path).is_file():
+        return False
+    state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    return any(k.startswith(name + ".") for k in state)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .checkpoints import network_state_dict
 from .locations import TRITON_TEMPLATE, default_triton_repo, triton_template_dir
 from .network import build_network, output_integration_steps
 from .scripted import load_script, script_network
@@ -71,17 +72,6 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The network's state dict from a raw state dict, {"model": ...} (MONAI/Ignite savers) or {"state_dict": ...}."""
-    for key in ("model", "network", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a CoRX-NET checkpoint (expected a state dict, or one under 'model')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_network(checkpoint: str | Path | None = None, random_init: bool = False, variant: str = "corx",
                  seed: int = 0, **overrides: Any) -> torch.nn.Module:
     """CoRX-NET in eval mode from ``checkpoint``, or freshly initialised (``random_init=True``, tests only)."""
@@ -90,13 +80,17 @@ def load_network(checkpoint: str | Path | None = None, random_init: bool = False
                                 "or --random_init for freshly initialised weights (tests and benchmarks only)")
     if checkpoint is not None and random_init:
         raise ValueError("give either a checkpoint or random_init, not both")
-    torch.manual_seed(seed)
-    net = build_network(variant, **overrides)
+    state = None
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found (train the bundle, or pass --random_init)")
-        state = _state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+        state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+        # the checkpoint says whether the network has the affine head (scripts.network.AffineHead)
+        overrides = {"affine_head": any(k.startswith("affine_head.") for k in state), **overrides}
+    torch.manual_seed(seed)
+    net = build_network(variant, **overrides)
+    if state is not None:
         missing, unexpected = net.load_state_dict(state, strict=False)
         # weights saved before the diffeomorphic option carry no integration_steps: they output displacements
         missing = [k for k in missing if k != "integration_steps"]

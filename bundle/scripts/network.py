@@ -97,6 +97,7 @@ __all__ = [
     "crop_to_shape",
     "output_integration_steps",
     "pad_to_multiple",
+    "trainable_parameters",
 ]
 
 #: Largest number of scaling-and-squaring steps a network may ask for (2**12 = 4096 sub-steps).
@@ -121,6 +122,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``model`` (all of them, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def trainable_parameters(model: nn.Module, only: str | None = None) -> list[nn.Parameter]:
+    """The parameters an optimiser should get. ``only`` = a submodule name (e.g. ``"affine_head"``): every other
+    parameter is frozen (``requires_grad`` off, so no gradient is computed for it) and only that submodule's are
+    returned; ``None``: all parameters, all trainable."""
+    if only is not None and not any(name == only for name, _ in model.named_children()):
+        raise ValueError(f"trainable only {only!r}: the network has no such submodule "
+                         f"({', '.join(n for n, _ in model.named_children())})")
+    chosen = []
+    for name, param in model.named_parameters():
+        keep = only is None or name.startswith(only + ".")
+        param.requires_grad_(keep)
+        if keep:
+            chosen.append(param)
+    if not chosen:
+        raise ValueError(f"trainable only {only!r}: that submodule has no parameters (is the option that adds it on?)")
+    return chosen
 
 
 def pad_to_multiple(x: Tensor, multiple: int = 32, mode: str = "replicate") -> tuple[Tensor, list[int]]:
@@ -372,6 +391,62 @@ class _DecoderLevel(nn.Module):
         return ys
 
 
+#: The affine head's matrix outputs are divided by this (one unit ~ 1 voxel of displacement 64 voxels from the
+#: centre), so that its matrix and translation parameters move at comparable rates under Adam.
+AFFINE_MATRIX_SCALE = 64.0
+
+
+def _centred_axis(shape: list[int], axis: int, device: torch.device, half_range: bool = False) -> Tensor:
+    """Voxel coordinates along ``axis`` minus the grid centre, shaped to broadcast over (B, C, D, H, W); divided by
+    the half extent (so in [-1, 1]) when ``half_range``."""
+    n = shape[axis]
+    view = [1, 1, 1, 1, 1]
+    view[2 + axis] = n
+    coords = torch.arange(n, device=device, dtype=torch.float32) - (n - 1) * 0.5
+    if half_range and n > 1:
+        coords = coords * (2.0 / (n - 1))
+    return coords.view(view)
+
+
+class AffineHead(nn.Module):
+    """Global affine displacement from the deepest encoder features: pooled with their first spatial moments, an MLP,
+    12 parameters.
+
+    Each stream's features ``f`` are reduced to ``mean(f)`` and ``mean(f * x_a)`` for the three axes (``x_a`` the
+    feature-grid coordinate scaled to [-1, 1]): the plain mean says how far the pair is apart, the moments say how
+    that varies across the field of view (a rotation or scaling; the mean alone cannot tell them).
+    ``u(x) = M (x - c) + t`` in voxels (array-axis order, the field's own convention), ``c`` the centre of the
+    output grid; ``M`` = first nine outputs / :data:`AFFINE_MATRIX_SCALE`, ``t`` = last three. The last layer
+    starts at zero, so a new head adds nothing until trained (warm starts keep their field).
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 * in_channels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 12))
+        with torch.no_grad():
+            self.mlp[2].weight.zero_()
+            self.mlp[2].bias.zero_()
+        self.matrix_scale = 1.0 / AFFINE_MATRIX_SCALE
+
+    def forward(self, feats: list[Tensor], shape: list[int]) -> Tensor:
+        """Channels-first deepest features per stream and the output grid size -> (B, 3, *shape) float32."""
+        pooled: list[Tensor] = []
+        for f in feats:
+            f = f.float()
+            grid = [f.shape[2], f.shape[3], f.shape[4]]
+            pooled.append(f.mean(dim=(2, 3, 4)))
+            for axis in range(3):
+                pooled.append((f * _centred_axis(grid, axis, f.device, half_range=True)).mean(dim=(2, 3, 4)))
+        params = self.mlp(torch.cat(pooled, dim=1)).float()
+        b = params.shape[0]
+        m = params[:, :9].reshape(b, 3, 3, 1, 1, 1) * self.matrix_scale
+        t = params[:, 9:].reshape(b, 3, 1, 1, 1)
+        x = _centred_axis(shape, 0, params.device)
+        y = _centred_axis(shape, 1, params.device)
+        z = _centred_axis(shape, 2, params.device)
+        return m[:, :, 0] * x + m[:, :, 1] * y + m[:, :, 2] * z + t
+
+
 def _registration_head(in_channels: int) -> nn.Conv3d:
     """Conv3d(in -> 3, 3^3) with weights ~ N(0, 1e-5) and zero bias: an untrained net is near identity."""
     head = nn.Conv3d(in_channels, 3, kernel_size=3, padding=1)
@@ -412,6 +487,9 @@ class CoRXNet(nn.Module):
             :class:`scripts.inferers.FieldInferer`). Stored in the weights as the buffer ``integration_steps``, so a
             checkpoint says how its output is read; the network itself never integrates (it stays a plain
             tensor-to-tensor model for TorchScript, ONNX, TensorRT and Triton).
+        affine_head: add a global affine displacement (:class:`AffineHead`, from the deepest encoder features) to
+            the local field, so the body's rigid repositioning need not be built voxel by voxel (displacement
+            output only). A checkpoint with ``affine_head.*`` weights is loaded with it on.
     """
 
     def __init__(
@@ -433,6 +511,7 @@ class CoRXNet(nn.Module):
         use_flash_attention: bool = False,
         in_channels: int = 4,
         integration_steps: int = 0,
+        affine_head: bool = False,
     ) -> None:
         super().__init__()
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]
@@ -461,6 +540,8 @@ class CoRXNet(nn.Module):
             raise ValueError("cross_stitch_init must be (diagonal, off_diagonal)")
         if not 0 <= int(integration_steps) <= MAX_INTEGRATION_STEPS:
             raise ValueError(f"integration_steps must be in [0, {MAX_INTEGRATION_STEPS}], got {integration_steps}")
+        if affine_head and int(integration_steps):
+            raise ValueError("affine_head adds a displacement: use it with integration_steps=0")
 
         self.num_streams = num_streams
         self.in_channels = in_channels
@@ -527,6 +608,7 @@ class CoRXNet(nn.Module):
         n_heads = 1 if self.fusion_concat else num_streams
         head_in = reg_head_channels * (num_streams if self.fusion_concat else 1)
         self.heads = nn.ModuleList([_registration_head(head_in) for _ in range(n_heads)])
+        self.affine_head = nn.ModuleList([AffineHead(dims[-1] * num_streams)] if affine_head else [])
         self.register_buffer("integration_steps", torch.tensor(int(integration_steps), dtype=torch.int64))
         #: number of cross-stitch units (0 without): len(depths) + len(depths) + 1 with them
         self.num_cross_stitch_units: int = sum(isinstance(m, CrossStitch) for m in self.modules())
@@ -585,6 +667,8 @@ class CoRXNet(nn.Module):
             field = field * (1.0 / len(fields))
         if self.pad_input:
             field = crop_to_shape(field, shape)
+        for head in self.affine_head:
+            field = field.float() + head(enc_skips[-1], shape)
         return field
 
 

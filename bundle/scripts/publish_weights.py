@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
-from .export import _state_dict
+from .checkpoints import network_state_dict
 
 SMALL_TENSOR = 65536  # tensors with fewer elements stay float32 when storing half precision
 
@@ -36,7 +36,7 @@ def publish(src: Path, dst: Path, half: bool = True, overwrite: bool = False) ->
     """Write ``src``'s network weights to ``dst`` atomically; return (bytes, sha256)."""
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: exists (pass --overwrite to replace it)")
-    state = _state_dict(torch.load(src, map_location="cpu", weights_only=True), src)
+    state = network_state_dict(torch.load(src, map_location="cpu", weights_only=True), src)
     state = {k: v.to(storage_dtype(v, half)) for k, v in state.items()}
     with atomic_path(dst) as tmp:
         torch.save(state, tmp)

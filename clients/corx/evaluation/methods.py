@@ -9,6 +9,8 @@
   says so (TransMorph's file is kept in git history: ``make weights`` restores it);
 - ``<network>+refine<N>`` (e.g. ``corx+refine50``): the network's field, then N Adam steps of the hybrid loss on
   the pair (test-time instance optimisation, :func:`corx.registration.refine.refine_field`, as ``--refine N``);
+- ``<network>@<tag>=<weights>`` (e.g. ``corx@affine=bundle/runs/cpu_affine/models/model.pt``): the network with
+  other weights (a training candidate), reported as ``<network>@<tag>`` beside the shipped one;
 - ``oracle`` (Python API only, tests): the phantom's true SPECT field, for reference pairs.
 
 ``seconds`` in ``info`` is the method's own work on one preprocessed pair (network forward; Elastix registration
@@ -46,10 +48,13 @@ WEIGHTS: dict[str, Path] = {"corx": BUNDLE_MODELS / "model.pt",
                             "corx-nocs": BUNDLE_MODELS / "corx_nocs" / "model.pt",
                             "transmorph": BUNDLE_MODELS / "transmorph" / "model.pt"}
 REFINE_SUFFIX = re.compile(r"^(?P<network>[a-z-]+)\+refine(?P<steps>[0-9]+)$")
+CANDIDATE = re.compile(r"^(?P<network>[a-z-]+)@(?P<tag>[A-Za-z0-9_.-]+)=(?P<weights>.+)$")
 
 
-def bundle_network(name: str, weights: Path | None = None, seed: int = 0, threads: int | None = None) -> Method:
-    """A bundle network in-process (torch imported on first use); random weights when the file is missing."""
+def bundle_network(name: str, weights: Path | None = None, seed: int = 0, threads: int | None = None,
+                   label: str | None = None) -> Method:
+    """A bundle network in-process (torch imported on first use); random weights when the file is missing.
+    ``label`` names the method in the results (default ``name``; e.g. a candidate's weights beside the shipped)."""
     if name not in NETWORK_VARIANTS:
         raise CorxError(f"unknown network method {name!r}")
     variant = NETWORK_VARIANTS[name]
@@ -65,9 +70,14 @@ def bundle_network(name: str, weights: Path | None = None, seed: int = 0, thread
         return TorchBackend(path if trained else None, random_init=not trained, variant=variant, seed=int(seed),
                             threads=threads)
 
+    def parameters() -> int | None:
+        from corx_bundle.scripts.checkpoints import has_submodule
+
+        return parameter_count(name, affine_head=trained and has_submodule(path, "affine_head"))
+
     described = file_digest(path) if trained else f"untrained(seed={int(seed)})"
-    return NetworkMethod(name=name, status="trained" if trained else "untrained", make_backend=backend,
-                         settings={"variant": variant, "weights": described}, parameters=lambda: parameter_count(name))
+    return NetworkMethod(name=label or name, status="trained" if trained else "untrained", make_backend=backend,
+                         settings={"variant": variant, "weights": described}, parameters=parameters)
 
 
 class OracleMethod:
@@ -106,11 +116,17 @@ def make_methods(names: list[str] | tuple[str, ...], elastix: ElastixSettings | 
         elif (match := REFINE_SUFFIX.match(name)) and match["network"] in NETWORK_VARIANTS:
             base = bundle_network(match["network"], seed=seed, threads=threads)
             out.append(RefinedMethod(base, RefineOptions(int(match["steps"]))))
+        elif (match := CANDIDATE.match(name)) and match["network"] in NETWORK_VARIANTS:
+            weights = Path(match["weights"])
+            if not weights.is_file():
+                raise CorxError(f"{weights}: no such weights file (method {name!r})")
+            out.append(bundle_network(match["network"], weights, seed=seed, threads=threads,
+                                      label=f"{match['network']}@{match['tag']}"))
         elif name == "oracle":
             out.append(OracleMethod())
         else:
             raise CorxError(f"unknown method {name!r} (choose from {', '.join(METHOD_NAMES)}, or a network "
-                            "followed by +refineN, e.g. corx+refine50)")
+                            "followed by +refineN, e.g. corx+refine50, or NETWORK@TAG=WEIGHTS for other weights)")
     if len({m.name for m in out}) != len(out):
         raise CorxError(f"a method is listed twice: {', '.join(names)}")
     return out

@@ -64,12 +64,13 @@ def folding_percent(field: np.ndarray, mask: np.ndarray | None = None) -> float:
     return nonpositive_jacobian_percent(np.asarray(field, dtype=np.float64), mask)
 
 
-@lru_cache(maxsize=4)
-def parameter_count(method: str) -> int | None:
-    """Trainable parameters of a network method (built with random weights); None for non-network methods."""
+@lru_cache(maxsize=8)
+def parameter_count(method: str, affine_head: bool = False) -> int | None:
+    """Trainable parameters of a network method (built with random weights; ``affine_head``: with the optional
+    global affine head, as weights that hold one need); None for non-network methods."""
     variant = NETWORK_VARIANTS.get(method)
     if variant is None:
         return None
     from corx_bundle.scripts.network import build_network, count_parameters
 
-    return int(count_parameters(build_network(variant)))
+    return int(count_parameters(build_network(variant, affine_head=affine_head)))

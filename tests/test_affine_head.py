@@ -1,0 +1,195 @@
+"""CoRX-NET's optional affine head: silent at initialisation, the stated formula, exportable, found in checkpoints,
+and it learns a pure translation under the paper's loss."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from corx_bundle.scripts.export import load_network
+from corx_bundle.scripts.losses import HybridRegistrationLoss
+from corx_bundle.scripts.network import AFFINE_MATRIX_SCALE, build_network
+from corx_bundle.scripts.scripted import script_network
+
+SIZE = (32, 32, 32)
+
+
+def _images(seed: int = 0) -> torch.Tensor:
+    return torch.rand((1, 4, *SIZE), generator=torch.Generator().manual_seed(seed))
+
+
+def _with_head(bias: list[float], seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = build_network("corx", affine_head=True).eval()
+    with torch.no_grad():
+        net.affine_head[0].mlp[2].bias.copy_(torch.tensor(bias))
+    return net
+
+
+BIAS = [3.0, -2.0, 0.0, 1.0, 0.5, 0.0, 0.0, 0.0, -4.0, 1.5, -0.5, 2.0]
+
+
+def test_new_head_leaves_the_field_unchanged() -> None:
+    x = _images()
+    torch.manual_seed(0)
+    plain = build_network("corx").eval()
+    torch.manual_seed(0)
+    headed = build_network("corx", affine_head=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(headed(x), plain(x), rtol=0, atol=0)
+
+
+def test_head_adds_the_stated_affine_displacement() -> None:
+    x = _images()
+    torch.manual_seed(0)
+    plain = build_network("corx").eval()
+    net = _with_head(BIAS)
+    with torch.no_grad():
+        added = (net(x) - plain(x))[0].numpy()
+    m = np.array(BIAS[:9]).reshape(3, 3) / AFFINE_MATRIX_SCALE
+    t = np.array(BIAS[9:])
+    grid = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in SIZE], indexing="ij"))
+    expected = np.einsum("ij,j...->i...", m, grid) + t[:, None, None, None]
+    np.testing.assert_allclose(added, expected, atol=1e-5)
+
+
+def test_head_refuses_a_velocity_output() -> None:
+    with pytest.raises(ValueError, match="affine_head"):
+        build_network("corx", affine_head=True, integration_steps=7)
+
+
+def test_scripted_head_matches_eager() -> None:
+    net, x = _with_head(BIAS), _images()
+    with torch.no_grad():
+        torch.testing.assert_close(script_network(net)(x), net(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_onnx_head_matches_eager(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    net = _with_head(BIAS)
+    path = tmp_path / "affine.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (_images(),), str(path), opset_version=17, dynamo=False, input_names=["image"],
+                          output_names=["pred"], dynamic_axes={"image": {0: "batch"}})
+    x = torch.rand((2, 4, *SIZE), generator=torch.Generator().manual_seed(3))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=0, atol=1e-4)
+
+
+def test_checkpoint_with_head_loads_with_it(tmp_path: Path) -> None:
+    net, x = _with_head(BIAS), _images()
+    path = tmp_path / "model.pt"
+    torch.save(net.state_dict(), path)
+    loaded = load_network(path)
+    assert len(loaded.affine_head) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+    plain = tmp_path / "plain.pt"
+    torch.save(build_network("corx").state_dict(), plain)
+    assert len(load_network(plain).affine_head) == 0
+
+
+def test_head_learns_a_translation_under_the_paper_loss() -> None:
+    """Only the head's output layer is trained, on a smooth image pair shifted by (2, -1, 0) voxels: the field's mean
+    must approach that shift (the pull-back convention: warped(x) = moving(x + u))."""
+    rng = np.random.default_rng(0)
+    fixed = ndimage.gaussian_filter(rng.random(SIZE), 2.5)
+    fixed = (fixed - fixed.min()) / np.ptp(fixed)
+    shift = np.array([2.0, -1.0, 0.0])
+    moving = ndimage.shift(fixed, shift, order=3, mode="nearest")  # moving(x) = fixed(x - shift)
+    images = torch.from_numpy(np.stack([fixed, moving, fixed, moving])[None].astype(np.float32))
+    torch.manual_seed(0)
+    net = build_network("corx", affine_head=True).train()
+    params = list(net.affine_head[0].mlp[2].parameters())
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    loss_fn = HybridRegistrationLoss()
+    optimiser = torch.optim.Adam(params, lr=0.02)
+    for _ in range(40):
+        optimiser.zero_grad()
+        loss = loss_fn(net(images), images)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        field = net.eval()(images)[0, :, 8:-8, 8:-8, 8:-8].mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(field, shift, atol=0.3)
+
+
+def test_trainable_parameters_freezes_all_but_the_head() -> None:
+    from corx_bundle.scripts.network import trainable_parameters
+
+    net = build_network("corx", embed_dim=12, affine_head=True)
+    chosen = trainable_parameters(net, "affine_head")
+    assert {id(p) for p in chosen} == {id(p) for p in net.affine_head.parameters()}
+    assert all(not p.requires_grad for n, p in net.named_parameters() if not n.startswith("affine_head."))
+    assert len(trainable_parameters(net, None)) == len(list(net.parameters()))
+    assert all(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError, match="no such submodule"):
+        trainable_parameters(net, "decoderr")
+    with pytest.raises(ValueError, match="no parameters"):
+        trainable_parameters(build_network("corx", embed_dim=12), "affine_head")
+
+
+def test_warm_start_adds_a_new_head_and_refuses_other_weights(tmp_path: Path) -> None:
+    from corx_bundle.scripts.checkpoints import has_submodule, warm_start
+
+    torch.manual_seed(0)
+    plain = build_network("corx", embed_dim=12)
+    path = tmp_path / "plain.pt"
+    torch.save({"model": plain.state_dict()}, path)
+    headed = build_network("corx", embed_dim=12, affine_head=True)
+    new = warm_start(headed, path)
+    assert new and all(k.startswith("affine_head.") for k in new)
+    x = torch.rand((1, 4, *SIZE), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(headed.eval()(x), plain.eval()(x), rtol=0, atol=0)
+    assert not has_submodule(path, "affine_head") and not has_submodule(tmp_path / "missing.pt", "affine_head")
+    headed_path = tmp_path / "headed.pt"
+    torch.save(headed.state_dict(), headed_path)
+    assert has_submodule(headed_path, "affine_head")
+    with pytest.raises(ValueError, match="does not match"):
+        warm_start(build_network("corx_nocs", embed_dim=12), path)  # the cross-stitch weights are unexpected there
+
+
+def test_bundle_configs_build_the_network_the_weights_need(tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    bundle = Path(__file__).resolve().parents[1] / "bundle"
+    headed = tmp_path / "model.pt"
+    torch.save(build_network("corx", embed_dim=12, affine_head=True).state_dict(), headed)
+    for names in (["inference.json"], ["train.json", "evaluate.json"]):
+        for weights, expected in ((headed, 1), (tmp_path / "absent.pt", 0)):
+            parser = ConfigParser()
+            parser.read_config([str(bundle / "configs" / n) for n in names])
+            parser["bundle_root"] = str(bundle)
+            parser["model_file"] = str(weights)
+            parser["network_def#embed_dim"] = 12
+            assert len(parser.get_parsed_content("network_def").affine_head) == expected, names
+
+
+def test_candidate_weights_are_a_named_method(tmp_path: Path) -> None:
+    from corx.errors import CorxError
+    from corx.evaluation.methods import make_methods
+    from corx.evaluation.metrics import parameter_count
+
+    path = tmp_path / "model.pt"
+    torch.save(build_network("corx", affine_head=True).state_dict(), path)
+    (shipped, candidate) = make_methods(["corx", f"corx@affine={path}"])
+    assert candidate.name == "corx@affine" and shipped.name == "corx"
+    assert candidate.settings()["weights"] != shipped.settings()["weights"]
+    assert candidate.parameters() == parameter_count("corx", affine_head=True) > parameter_count("corx")
+    with pytest.raises(CorxError, match="no such weights file"):
+        make_methods([f"corx@x={tmp_path / 'absent.pt'}"])
