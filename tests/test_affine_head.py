@@ -1,5 +1,5 @@
 """CoRX-NET's optional affine head: silent at initialisation, the stated formula, exportable, found in checkpoints,
-and it learns a pure translation under the paper's loss."""
+it learns a pure translation under the paper's loss, warm starts add it, configs build it when the weights hold it."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from scipy import ndimage
 
 from corx_bundle.scripts.export import load_network
 from corx_bundle.scripts.losses import HybridRegistrationLoss
-from corx_bundle.scripts.network import AFFINE_MATRIX_SCALE, build_network
+from corx_bundle.scripts.network import AFFINE_OUTPUT_SCALE, build_network
 from corx_bundle.scripts.scripted import script_network
 
-SIZE = (32, 32, 32)
+SIZE = (64, 64, 64)  # the affine head needs >= 2 voxels after its pooling and four stride-2 stages
 
 
 def _images(seed: int = 0) -> torch.Tensor:
@@ -52,11 +52,12 @@ def test_head_adds_the_stated_affine_displacement() -> None:
     net = _with_head(BIAS)
     with torch.no_grad():
         added = (net(x) - plain(x))[0].numpy()
-    m = np.array(BIAS[:9]).reshape(3, 3) / AFFINE_MATRIX_SCALE
-    t = np.array(BIAS[9:])
-    grid = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in SIZE], indexing="ij"))
-    expected = np.einsum("ij,j...->i...", m, grid) + t[:, None, None, None]
-    np.testing.assert_allclose(added, expected, atol=1e-5)
+    m = np.array(BIAS[:9]).reshape(3, 3) * AFFINE_OUTPUT_SCALE
+    t = np.array(BIAS[9:]) * AFFINE_OUTPUT_SCALE
+    half = (np.array(SIZE) - 1) / 2
+    grid = np.stack(np.meshgrid(*[(np.arange(n) - (n - 1) / 2) / ((n - 1) / 2) for n in SIZE], indexing="ij"))
+    expected = (np.einsum("ij,j...->i...", m, grid) + t[:, None, None, None]) * half[:, None, None, None]
+    np.testing.assert_allclose(added, expected, atol=1e-4)
 
 
 def test_head_refuses_a_velocity_output() -> None:

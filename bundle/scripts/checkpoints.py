@@ -30,19 +30,21 @@ def network_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Ten
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def warm_start(network: torch.nn.Module, path: str | os.PathLike) -> list[str]:
-    """Load the weights in ``path`` into ``network`` before training (float16-stored tensors are cast back).
+def warm_start(network: torch.nn.Module, path: str | os.PathLike, into: str | None = None) -> list[str]:
+    """Load the weights in ``path`` into ``network`` (or into its submodule ``into``, e.g. ``"affine_head.0"`` for
+    an affine head trained on its own) before training; float16-stored tensors are cast back.
 
     Everything must match except submodules the weights predate (:data:`OPTIONAL_SUBMODULES`), which keep their
     neutral initialisation; returns the names of the parameters left so."""
     state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    missing, unexpected = network.load_state_dict(state, strict=False)
+    target = network.get_submodule(into) if into else network
+    missing, unexpected = target.load_state_dict(state, strict=False)
     new = [k for k in missing if k.startswith(OPTIONAL_SUBMODULES)]
     # weights saved before the diffeomorphic option carry no integration_steps buffer
     wrong = [k for k in missing if k not in new and k != "integration_steps"]
     if wrong or unexpected:
-        raise ValueError(f"{path}: does not match the network being trained (missing {wrong[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise ValueError(f"{path}: does not match the network being trained{f' ({into})' if into else ''} "
+                         f"(missing {wrong[:3]}, unexpected {unexpected[:3]})")
     return new
 
 

@@ -391,9 +391,9 @@ class _DecoderLevel(nn.Module):
         return ys
 
 
-#: The affine head's matrix outputs are divided by this (one unit ~ 1 voxel of displacement 64 voxels from the
-#: centre), so that its matrix and translation parameters move at comparable rates under Adam.
-AFFINE_MATRIX_SCALE = 64.0
+#: The affine head's raw outputs are multiplied by this: a raw unit is 0.1 of the half field of view (6.4 voxels on
+#: a 128 grid) for the translation and 0.1 for the matrix (about 6 degrees), so both move at similar rates under Adam.
+AFFINE_OUTPUT_SCALE = 0.1
 
 
 def _centred_axis(shape: list[int], axis: int, device: torch.device, half_range: bool = False) -> Tensor:
@@ -408,43 +408,69 @@ def _centred_axis(shape: list[int], axis: int, device: torch.device, half_range:
     return coords.view(view)
 
 
-class AffineHead(nn.Module):
-    """Global affine displacement from the deepest encoder features: pooled with their first spatial moments, an MLP,
-    12 parameters.
+def affine_displacement(params: Tensor, shape: list[int]) -> Tensor:
+    """(B, 12) affine parameters in half-extent units -> (B, 3, *shape) displacement in voxels.
 
-    Each stream's features ``f`` are reduced to ``mean(f)`` and ``mean(f * x_a)`` for the three axes (``x_a`` the
-    feature-grid coordinate scaled to [-1, 1]): the plain mean says how far the pair is apart, the moments say how
-    that varies across the field of view (a rotation or scaling; the mean alone cannot tell them).
-    ``u(x) = M (x - c) + t`` in voxels (array-axis order, the field's own convention), ``c`` the centre of the
-    output grid; ``M`` = first nine outputs / :data:`AFFINE_MATRIX_SCALE`, ``t`` = last three. The last layer
-    starts at zero, so a new head adds nothing until trained (warm starts keep their field).
+    With ``n(x)`` the voxel coordinate scaled to [-1, 1] over the grid (centre 0) and ``h`` the half extents in
+    voxels: ``u(x) = h * (M n(x) + t)``, ``M`` = first nine parameters (row-major, array-axis order), ``t`` = last
+    three. In these units the same parameters mean the same motion of the field of view at any grid size."""
+    b = params.shape[0]
+    m = params[:, :9].float().reshape(b, 3, 3, 1, 1, 1)
+    t = params[:, 9:].float().reshape(b, 3, 1, 1, 1)
+    x = _centred_axis(shape, 0, params.device, half_range=True)
+    y = _centred_axis(shape, 1, params.device, half_range=True)
+    z = _centred_axis(shape, 2, params.device, half_range=True)
+    half = torch.tensor([(n - 1) * 0.5 for n in shape], device=params.device, dtype=torch.float32).view(1, 3, 1, 1, 1)
+    return (m[:, :, 0] * x + m[:, :, 1] * y + m[:, :, 2] * z + t) * half
+
+
+class AffineHead(nn.Module):
+    """Global affine displacement of the whole pair, from the four input images (an addition to the paper).
+
+    The input ``(B, C, D, H, W)`` (fixed CT, moving CT, fixed SPECT, moving SPECT) is averaged down by ``pool``,
+    then a small convolutional encoder (per stage: Conv3d stride 2 + InstanceNorm + LeakyReLU, Conv3d +
+    InstanceNorm + LeakyReLU) sees fixed and moving images together. Its last features are reduced to their mean
+    and their first spatial moments ``mean(f * n_a)`` (``n_a`` the coordinate along axis a in [-1, 1]): the mean
+    says how far the pair is apart, the moments how that varies across the field of view (a rotation or a
+    scaling, which the mean alone cannot tell). An MLP maps them to the 12 parameters of
+    :func:`affine_displacement` (times :data:`AFFINE_OUTPUT_SCALE`); its last layer starts at zero, so a new head
+    adds nothing until trained. It is a whole registration network on its own (``forward`` returns the field) and
+    the global part of :class:`CoRXNet` with ``affine_head=True``.
     """
 
-    def __init__(self, in_channels: int, hidden: int = 128) -> None:
+    def __init__(self, in_channels: int = 4, channels: Sequence[int] = (16, 32, 64, 128), hidden: int = 128,
+                 pool: int = 2) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(4 * in_channels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 12))
+        stages: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            stages += [nn.Conv3d(c_in, c, 3, stride=2, padding=1), nn.InstanceNorm3d(c), nn.LeakyReLU(0.2),
+                       nn.Conv3d(c, c, 3, padding=1), nn.InstanceNorm3d(c), nn.LeakyReLU(0.2)]
+            c_in = c
+        self.pool = int(pool)
+        self.output_scale = AFFINE_OUTPUT_SCALE
+        self.encoder = nn.Sequential(*stages)
+        self.mlp = nn.Sequential(nn.Linear(4 * c_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 12))
         with torch.no_grad():
             self.mlp[2].weight.zero_()
             self.mlp[2].bias.zero_()
-        self.matrix_scale = 1.0 / AFFINE_MATRIX_SCALE
 
-    def forward(self, feats: list[Tensor], shape: list[int]) -> Tensor:
-        """Channels-first deepest features per stream and the output grid size -> (B, 3, *shape) float32."""
-        pooled: list[Tensor] = []
-        for f in feats:
-            f = f.float()
-            grid = [f.shape[2], f.shape[3], f.shape[4]]
-            pooled.append(f.mean(dim=(2, 3, 4)))
-            for axis in range(3):
-                pooled.append((f * _centred_axis(grid, axis, f.device, half_range=True)).mean(dim=(2, 3, 4)))
-        params = self.mlp(torch.cat(pooled, dim=1)).float()
-        b = params.shape[0]
-        m = params[:, :9].reshape(b, 3, 3, 1, 1, 1) * self.matrix_scale
-        t = params[:, 9:].reshape(b, 3, 1, 1, 1)
-        x = _centred_axis(shape, 0, params.device)
-        y = _centred_axis(shape, 1, params.device)
-        z = _centred_axis(shape, 2, params.device)
-        return m[:, :, 0] * x + m[:, :, 1] * y + m[:, :, 2] * z + t
+    def parameters_of(self, x: Tensor) -> Tensor:
+        """(B, C, D, H, W) images -> (B, 12) affine parameters (see :func:`affine_displacement`)."""
+        if self.pool > 1:
+            x = F.avg_pool3d(x, self.pool, ceil_mode=True)
+        f = self.encoder(x).float()
+        if f.shape[2] * f.shape[3] * f.shape[4] < 2:
+            raise ValueError("AffineHead: the input is too small for its encoder (64 voxels per axis with pool 2)")
+        grid = [f.shape[2], f.shape[3], f.shape[4]]
+        pooled = [f.mean(dim=(2, 3, 4))]
+        for axis in range(3):
+            pooled.append((f * _centred_axis(grid, axis, f.device, half_range=True)).mean(dim=(2, 3, 4)))
+        return self.mlp(torch.cat(pooled, dim=1)).float() * self.output_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, D, H, W) images -> (B, 3, D, H, W) float32 affine displacement in voxels."""
+        return affine_displacement(self.parameters_of(x), [x.shape[2], x.shape[3], x.shape[4]])
 
 
 def _registration_head(in_channels: int) -> nn.Conv3d:
@@ -487,9 +513,9 @@ class CoRXNet(nn.Module):
             :class:`scripts.inferers.FieldInferer`). Stored in the weights as the buffer ``integration_steps``, so a
             checkpoint says how its output is read; the network itself never integrates (it stays a plain
             tensor-to-tensor model for TorchScript, ONNX, TensorRT and Triton).
-        affine_head: add a global affine displacement (:class:`AffineHead`, from the deepest encoder features) to
-            the local field, so the body's rigid repositioning need not be built voxel by voxel (displacement
-            output only). A checkpoint with ``affine_head.*`` weights is loaded with it on.
+        affine_head: add a global affine displacement (:class:`AffineHead`, its own small encoder on the input) to
+            the local field, so the body's repositioning need not be built voxel by voxel (displacement output
+            only). A checkpoint with ``affine_head.*`` weights is loaded with it on.
     """
 
     def __init__(
@@ -608,7 +634,7 @@ class CoRXNet(nn.Module):
         n_heads = 1 if self.fusion_concat else num_streams
         head_in = reg_head_channels * (num_streams if self.fusion_concat else 1)
         self.heads = nn.ModuleList([_registration_head(head_in) for _ in range(n_heads)])
-        self.affine_head = nn.ModuleList([AffineHead(dims[-1] * num_streams)] if affine_head else [])
+        self.affine_head = nn.ModuleList([AffineHead(in_channels)] if affine_head else [])
         self.register_buffer("integration_steps", torch.tensor(int(integration_steps), dtype=torch.int64))
         #: number of cross-stitch units (0 without): len(depths) + len(depths) + 1 with them
         self.num_cross_stitch_units: int = sum(isinstance(m, CrossStitch) for m in self.modules())
@@ -620,6 +646,7 @@ class CoRXNet(nn.Module):
                 "CoRXNet expects (B, C, D, H, W) with C = in_channels: fixed CT, moving CT, fixed SPECT, moving SPECT"
             )
         shape = [x.shape[2], x.shape[3], x.shape[4]]
+        x_in = x
         if self.pad_input:
             x, shape = pad_to_multiple(x, self.size_multiple, self.pad_mode)
         elif shape[0] % self.min_multiple or shape[1] % self.min_multiple or shape[2] % self.min_multiple:
@@ -668,7 +695,7 @@ class CoRXNet(nn.Module):
         if self.pad_input:
             field = crop_to_shape(field, shape)
         for head in self.affine_head:
-            field = field.float() + head(enc_skips[-1], shape)
+            field = field.float() + head(x_in)
         return field
 
 
