@@ -194,3 +194,33 @@ def test_candidate_weights_are_a_named_method(tmp_path: Path) -> None:
     assert candidate.parameters() == parameter_count("corx", affine_head=True) > parameter_count("corx")
     with pytest.raises(CorxError, match="no such weights file"):
         make_methods([f"corx@x={tmp_path / 'absent.pt'}"])
+
+
+def test_stage_two_starts_from_the_stage_one_affine_alone(tmp_path: Path) -> None:
+    """start_from: whole weights, then the head trained alone, then the dense output zeroed -> the field is exactly
+    the stage-1 head's affine; a bad part name is refused."""
+    from corx_bundle.scripts.checkpoints import start_from, zero_submodule
+    from corx_bundle.scripts.network import AffineHead
+
+    torch.manual_seed(0)
+    dense = build_network("corx", embed_dim=12)
+    dense_path = tmp_path / "dense.pt"
+    torch.save({"model": dense.state_dict()}, dense_path)
+    torch.manual_seed(1)
+    stage_one = AffineHead(4).eval()
+    with torch.no_grad():
+        stage_one.mlp[2].bias.copy_(torch.tensor(BIAS))
+    head_path = tmp_path / "head.pt"
+    torch.save(stage_one.state_dict(), head_path)
+
+    net = build_network("corx", embed_dim=12, affine_head=True)
+    start_from(net, dense_path, {"affine_head.0": str(head_path)}, ["heads"])
+    x = _images(2)
+    with torch.no_grad():
+        field = net.eval()(x)
+        torch.testing.assert_close(field, stage_one(x), rtol=0, atol=1e-6)
+    assert float(field.abs().max()) > 1.0  # the affine is there, not an all-zero field
+    with pytest.raises(ValueError, match="does not match"):
+        start_from(net, None, {"affine_head.0": str(dense_path)})
+    with pytest.raises(ValueError, match="no parameters"):
+        zero_submodule(net, "avg_pool")

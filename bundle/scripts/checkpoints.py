@@ -48,6 +48,35 @@ def warm_start(network: torch.nn.Module, path: str | os.PathLike, into: str | No
     return new
 
 
+def zero_submodule(network: torch.nn.Module, name: str) -> int:
+    """Set every parameter of ``network``'s submodule ``name`` to zero (e.g. ``"heads"``, CoRX-NET's dense output
+    convolutions, so that a network with an affine head starts from the affine alone); returns how many values."""
+    params = list(network.get_submodule(name).parameters())
+    if not params:
+        raise ValueError(f"submodule {name!r} has no parameters to zero")
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
+    return sum(p.numel() for p in params)
+
+
+def start_from(
+    network: torch.nn.Module,
+    weights: str | os.PathLike | None = None,
+    parts: dict[str, str] | None = None,
+    zeroed: list[str] | tuple[str, ...] = (),
+) -> None:
+    """A training run's starting point, in order: the whole network's ``weights`` (:func:`warm_start`), then each
+    submodule's own weights (``parts``: {submodule: path}), then the submodules in ``zeroed`` set to zero."""
+    if weights:
+        print("starting from the weights of", weights, "; new, untrained:", warm_start(network, weights))
+    for into, path in (parts or {}).items():
+        warm_start(network, path, into=into)
+        print(f"{into} starts from the weights of {path}")
+    for name in zeroed:
+        print(f"{name} starts at zero ({zero_submodule(network, name)} values)")
+
+
 def has_submodule(path: str | os.PathLike, name: str) -> bool:
     """Whether the weights in ``path`` hold submodule ``name`` (e.g. ``"affine_head"``), so that a config builds the
     network the weights need; False when there is no file (the checkpoint loader then says so)."""
