@@ -224,3 +224,39 @@ def test_stage_two_starts_from_the_stage_one_affine_alone(tmp_path: Path) -> Non
         start_from(net, None, {"affine_head.0": str(dense_path)})
     with pytest.raises(ValueError, match="no parameters"):
         zero_submodule(net, "avg_pool")
+
+
+def test_bundle_writes_the_stage_two_starting_point(tmp_path: Path) -> None:
+    """train.json's ``save_starting_point`` with affine_head.json: the shipped dense weights plus the stage-1 head, the
+    dense output zeroed, written as weights whose field is the head's affine alone; an existing file is kept."""
+    from monai.bundle import ConfigParser
+
+    from corx_bundle.scripts.network import AffineHead
+
+    torch.manual_seed(0)
+    dense_path = tmp_path / "dense.pt"
+    torch.save(build_network("corx", embed_dim=12).state_dict(), dense_path)
+    stage_one = AffineHead(4).eval()
+    with torch.no_grad():
+        stage_one.mlp[2].bias.copy_(torch.tensor(BIAS))
+    head_path = tmp_path / "head.pt"
+    torch.save({"model": stage_one.state_dict()}, head_path)
+
+    bundle = Path(__file__).resolve().parents[1] / "bundle"
+    names = ["train.json", "train_cpu.json", "validate_truth.json", "affine_head.json"]
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / n) for n in names])
+    parser.update({"bundle_root": str(tmp_path), "device": "$torch.device('cpu')", "network_def#embed_dim": 12,
+                   "init_weights": str(dense_path), "affine_stage_weights": str(head_path)})
+    parser.get_parsed_content("save_starting_point", lazy=False)
+    written = tmp_path / "runs" / "cpu_corx_affine" / "models" / "starting_point.pt"
+    net = build_network("corx", embed_dim=12, affine_head=True).eval()
+    net.load_state_dict(torch.load(written, weights_only=True))
+    x = _images(3)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), stage_one(x), rtol=0, atol=1e-6)
+    before = written.read_bytes()
+    with pytest.raises(RuntimeError) as refused:  # MONAI wraps the expression's error
+        ConfigParser(parser.config).get_parsed_content("save_starting_point", lazy=False)
+    assert isinstance(refused.value.__cause__, FileExistsError) and "starting_point.pt" in str(refused.value.__cause__)
+    assert written.read_bytes() == before

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_path
+
 #: Submodules a warm start may find missing in older weights: they are new options that start neutral
 #: (``scripts.network.AffineHead`` adds nothing until trained).
 OPTIONAL_SUBMODULES = ("affine_head.",)
@@ -75,6 +77,18 @@ def start_from(
         print(f"{into} starts from the weights of {path}")
     for name in zeroed:
         print(f"{name} starts at zero ({zero_submodule(network, name)} values)")
+
+
+def save_network(network: torch.nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``network``'s state dict to ``path`` atomically (e.g. a run's starting point, to benchmark it as a
+    candidate); refuses to replace an existing file unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
+    with atomic_path(path) as tmp:
+        torch.save(network.state_dict(), tmp)
+    print("network weights written to", path)
+    return path
 
 
 def has_submodule(path: str | os.PathLike, name: str) -> bool:
