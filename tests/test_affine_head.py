@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from corx_bundle.scripts.export import load_network
+from corx_bundle.scripts.export import load_network, onnx_opset
 from corx_bundle.scripts.losses import HybridRegistrationLoss
 from corx_bundle.scripts.network import AFFINE_OUTPUT_SCALE, build_network
 from corx_bundle.scripts.scripted import script_network
@@ -41,8 +41,8 @@ def test_new_head_leaves_the_field_unchanged() -> None:
     plain = build_network("corx").eval()
     torch.manual_seed(0)
     headed = build_network("corx", affine_head=True).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(headed(x), plain(x), rtol=0, atol=0)
+    with torch.no_grad():  # the zero affine's warp resamples at the voxel centres: equal up to rounding
+        torch.testing.assert_close(headed(x), plain(x), rtol=0, atol=1e-6)
 
 
 def test_head_adds_the_stated_affine_displacement() -> None:
@@ -57,7 +57,44 @@ def test_head_adds_the_stated_affine_displacement() -> None:
     half = (np.array(SIZE) - 1) / 2
     grid = np.stack(np.meshgrid(*[(np.arange(n) - (n - 1) / 2) / ((n - 1) / 2) for n in SIZE], indexing="ij"))
     expected = (np.einsum("ij,j...->i...", m, grid) + t[:, None, None, None]) * half[:, None, None, None]
-    np.testing.assert_allclose(added, expected, atol=1e-4)
+    # up to the untrained dense field (~1e-4 voxels), which now registers the affinely aligned pair
+    np.testing.assert_allclose(added, expected, atol=2e-3)
+    assert float(np.abs(expected).max()) > 5.0
+
+
+def test_head_and_dense_field_compose_exactly() -> None:
+    """The dense field d registers the affinely aligned pair, so x goes to y = x + d, then to y + a(y): with a
+    constant d (dense output heads set to a bias) the field must be d + a(x + d), the affine evaluated at y."""
+    net, x = _with_head(BIAS), _images()
+    shift = torch.tensor([1.5, -2.0, 0.75])
+    with torch.no_grad():
+        for head in net.heads:
+            head.weight.zero_()
+            head.bias.copy_(shift)
+        field = net(x)[0].numpy()
+    m = np.array(BIAS[:9]).reshape(3, 3) * AFFINE_OUTPUT_SCALE
+    t = np.array(BIAS[9:]) * AFFINE_OUTPUT_SCALE
+    half = (np.array(SIZE) - 1) / 2
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in SIZE], indexing="ij"))
+    y = grid + shift.numpy()[:, None, None, None]
+    n_y = (y - half[:, None, None, None]) / half[:, None, None, None]
+    affine_at_y = (np.einsum("ij,j...->i...", m, n_y) + t[:, None, None, None]) * half[:, None, None, None]
+    np.testing.assert_allclose(field, shift.numpy()[:, None, None, None] + affine_at_y, atol=1e-4)
+
+
+def test_dense_part_sees_the_affinely_aligned_moving_images() -> None:
+    """A pure translation by the head: the encoder-decoder's input holds the moving images moved by it (fixed ones
+    untouched), i.e. moving(x + t) for an integer t, zero where x + t leaves the grid."""
+    bias = [0.0] * 9 + [2.0 / AFFINE_OUTPUT_SCALE / ((SIZE[0] - 1) / 2), 0.0, 0.0]  # +2 voxels along axis 0
+    net, x = _with_head(bias), _images()
+    seen: list[torch.Tensor] = []
+    net.patch_embed[0].register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    with torch.no_grad():
+        net(x)
+    ct_pair = seen[0][0]
+    torch.testing.assert_close(ct_pair[0], x[0, 0], rtol=0, atol=0)
+    torch.testing.assert_close(ct_pair[1, :-2], x[0, 1, 2:], rtol=0, atol=1e-5)
+    assert float(ct_pair[1, -2:].abs().max()) == 0.0
 
 
 def test_head_refuses_a_velocity_output() -> None:
@@ -79,8 +116,8 @@ def test_onnx_head_matches_eager(tmp_path: Path) -> None:
     path = tmp_path / "affine.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (_images(),), str(path), opset_version=17, dynamo=False, input_names=["image"],
-                          output_names=["pred"], dynamic_axes={"image": {0: "batch"}})
+        torch.onnx.export(net, (_images(),), str(path), opset_version=onnx_opset(net), dynamo=False,
+                          input_names=["image"], output_names=["pred"], dynamic_axes={"image": {0: "batch"}})
     x = torch.rand((2, 4, *SIZE), generator=torch.Generator().manual_seed(3))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = sess.run(None, {"image": x.numpy()})
@@ -95,24 +132,26 @@ def test_checkpoint_with_head_loads_with_it(tmp_path: Path) -> None:
     loaded = load_network(path)
     assert len(loaded.affine_head) == 1
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=1e-6)
     plain = tmp_path / "plain.pt"
     torch.save(build_network("corx").state_dict(), plain)
     assert len(load_network(plain).affine_head) == 0
 
 
 def test_head_learns_a_translation_under_the_paper_loss() -> None:
-    """Only the head's output layer is trained, on a smooth image pair shifted by (2, -1, 0) voxels: the field's mean
-    must approach that shift (the pull-back convention: warped(x) = moving(x + u))."""
+    """Only the head's output layer is trained, alone, on a smooth image pair shifted by (2, -1, 0) voxels: the
+    field's mean must approach that shift (the pull-back convention: warped(x) = moving(x + u))."""
     rng = np.random.default_rng(0)
     fixed = ndimage.gaussian_filter(rng.random(SIZE), 2.5)
     fixed = (fixed - fixed.min()) / np.ptp(fixed)
     shift = np.array([2.0, -1.0, 0.0])
     moving = ndimage.shift(fixed, shift, order=3, mode="nearest")  # moving(x) = fixed(x - shift)
     images = torch.from_numpy(np.stack([fixed, moving, fixed, moving])[None].astype(np.float32))
+    from corx_bundle.scripts.network import AffineHead
+
     torch.manual_seed(0)
-    net = build_network("corx", affine_head=True).train()
-    params = list(net.affine_head[0].mlp[2].parameters())
+    net = AffineHead(4).train()  # as in stage 1 (configs/affine_stage.json): the head is a registration network
+    params = list(net.mlp[2].parameters())
     for p in net.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -155,8 +194,8 @@ def test_warm_start_adds_a_new_head_and_refuses_other_weights(tmp_path: Path) ->
     new = warm_start(headed, path)
     assert new and all(k.startswith("affine_head.") for k in new)
     x = torch.rand((1, 4, *SIZE), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.testing.assert_close(headed.eval()(x), plain.eval()(x), rtol=0, atol=0)
+    with torch.no_grad():  # the new head is silent: up to the rounding of the zero affine's resampling
+        torch.testing.assert_close(headed.eval()(x), plain.eval()(x), rtol=0, atol=1e-6)
     assert not has_submodule(path, "affine_head") and not has_submodule(tmp_path / "missing.pt", "affine_head")
     headed_path = tmp_path / "headed.pt"
     torch.save(headed.state_dict(), headed_path)

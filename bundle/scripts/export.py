@@ -46,6 +46,7 @@ ONNX_TOLERANCE = 1e-3  # voxels
 #: model-config parameter / ONNX metadata key: scaling-and-squaring steps the client applies to the output
 STEPS_PARAMETER = "integration_steps"
 OPSET = 17
+OPSET_GRID_SAMPLE = 20  # 3-D GridSample (the affine head's warp of the moving images) needs opset 20
 
 
 class ExportError(RuntimeError):
@@ -104,16 +105,22 @@ def _example(spatial: Sequence[int], batch: int = 1, seed: int = 1) -> torch.Ten
     return torch.rand((batch, 4, *spatial), generator=torch.Generator().manual_seed(seed))
 
 
+def onnx_opset(net: torch.nn.Module) -> int:
+    """The ONNX opset ``net`` exports with: 17, or 20 when it warps the moving images (affine head)."""
+    return OPSET_GRID_SAMPLE if len(getattr(net, "affine_head", ())) else OPSET
+
+
 def export_onnx(net: torch.nn.Module, target: Path, spatial: Sequence[int], check_batch: int = 2,
                 threads: int = 0) -> float:
-    """Trace ``net`` to ONNX (opset 17, dynamic batch axis), check it in ONNX Runtime; returns max abs diff."""
+    """Trace ``net`` to ONNX (opset 17, 20 with an affine head; dynamic batch axis), check it in ONNX Runtime;
+    returns max abs diff."""
     import onnx
     import onnxruntime as ort
 
     with atomic_path(target) as tmp:  # kept only when the check below passes
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings: spatial sizes are frozen, as intended
-            torch.onnx.export(net, (_example(spatial),), str(tmp), opset_version=OPSET, dynamo=False,
+            torch.onnx.export(net, (_example(spatial),), str(tmp), opset_version=onnx_opset(net), dynamo=False,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         model = onnx.load(str(tmp))

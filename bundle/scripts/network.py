@@ -424,6 +424,28 @@ def affine_displacement(params: Tensor, shape: list[int]) -> Tensor:
     return (m[:, :, 0] * x + m[:, :, 1] * y + m[:, :, 2] * z + t) * half
 
 
+def affine_linear_part(params: Tensor, shape: list[int]) -> Tensor:
+    """(B, 12) parameters of :func:`affine_displacement` -> (B, 3, 3) matrix ``A`` in voxel units, so that the
+    displacement of a shifted point is ``u(x + d) = u(x) + A d`` (``A_ij = M_ij h_i / h_j``)."""
+    b = params.shape[0]
+    half = torch.tensor([max((n - 1) * 0.5, 1.0) for n in shape], device=params.device, dtype=torch.float32)
+    return params[:, :9].float().reshape(b, 3, 3) * half.view(1, 3, 1) / half.view(1, 1, 3)
+
+
+def warp_voxels(image: Tensor, displacement: Tensor) -> Tensor:
+    """Sample ``image`` (B, C, D, H, W) at ``x + displacement(x)`` (B, 3, D, H, W; voxels, array-axis order):
+    trilinear, zero outside the grid (the pull-back convention of the whole project)."""
+    shape = [image.shape[2], image.shape[3], image.shape[4]]
+    normalised: list[Tensor] = []
+    for axis in range(3):
+        n = shape[axis]
+        position = _centred_axis(shape, axis, image.device, half_range=True)[:, 0]
+        scale = 2.0 / (n - 1) if n > 1 else 1.0
+        normalised.append(position + displacement[:, axis].float() * scale)
+    grid = torch.stack([normalised[2], normalised[1], normalised[0]], dim=-1)  # grid_sample wants (x=W, y=H, z=D)
+    return F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 class AffineHead(nn.Module):
     """Global affine displacement of the whole pair, from the four input images (an addition to the paper).
 
@@ -513,9 +535,10 @@ class CoRXNet(nn.Module):
             :class:`scripts.inferers.FieldInferer`). Stored in the weights as the buffer ``integration_steps``, so a
             checkpoint says how its output is read; the network itself never integrates (it stays a plain
             tensor-to-tensor model for TorchScript, ONNX, TensorRT and Triton).
-        affine_head: add a global affine displacement (:class:`AffineHead`, its own small encoder on the input) to
-            the local field, so the body's repositioning need not be built voxel by voxel (displacement output
-            only). A checkpoint with ``affine_head.*`` weights is loaded with it on.
+        affine_head: register globally first (:class:`AffineHead`, its own small encoder on the input): the moving
+            images are warped by its affine, the Swin encoder-decoder registers that aligned pair, and the two are
+            composed exactly, ``u(x) = a(x) + (I + A) d(x)``, so the body's repositioning need not be built voxel
+            by voxel (displacement output only). A checkpoint with ``affine_head.*`` weights is loaded with it on.
     """
 
     def __init__(
@@ -646,7 +669,32 @@ class CoRXNet(nn.Module):
                 "CoRXNet expects (B, C, D, H, W) with C = in_channels: fixed CT, moving CT, fixed SPECT, moving SPECT"
             )
         shape = [x.shape[2], x.shape[3], x.shape[4]]
-        x_in = x
+        aligned = x
+        affine_params: list[Tensor] = []
+        for head in self.affine_head:
+            params = head.parameters_of(x)
+            affine_params.append(params)
+            aligned = self._moving_warped(x, affine_displacement(params, shape))
+        field = self._dense_field(aligned)
+        for params in affine_params:
+            # the dense field registers the affinely aligned pair: x -> x + d(x) -> u_affine(x + d(x)) + x + d(x)
+            dense = field.float()
+            field = (affine_displacement(params, shape) + dense
+                     + torch.einsum("bij,bjdhw->bidhw", affine_linear_part(params, shape), dense))
+        return field
+
+    def _moving_warped(self, x: Tensor, displacement: Tensor) -> Tensor:
+        """The input with its moving images (odd channels) warped by ``displacement``, fixed images unchanged."""
+        moved = warp_voxels(x[:, 1::2], displacement).to(x.dtype)
+        channels: list[Tensor] = []
+        for s in range(x.shape[1] // 2):
+            channels.append(x[:, 2 * s : 2 * s + 1])
+            channels.append(moved[:, s : s + 1])
+        return torch.cat(channels, dim=1)
+
+    def _dense_field(self, x: Tensor) -> Tensor:
+        """The Swin encoder-decoder's field for the (possibly affinely aligned) input."""
+        shape = [x.shape[2], x.shape[3], x.shape[4]]
         if self.pad_input:
             x, shape = pad_to_multiple(x, self.size_multiple, self.pad_mode)
         elif shape[0] % self.min_multiple or shape[1] % self.min_multiple or shape[2] % self.min_multiple:
@@ -694,8 +742,6 @@ class CoRXNet(nn.Module):
             field = field * (1.0 / len(fields))
         if self.pad_input:
             field = crop_to_shape(field, shape)
-        for head in self.affine_head:
-            field = field.float() + head(x_in)
         return field
 
 
