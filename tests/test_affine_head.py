@@ -81,6 +81,19 @@ def test_head_and_dense_field_compose_exactly() -> None:
     np.testing.assert_allclose(field, shift.numpy()[:, None, None, None] + affine_at_y, atol=1e-4)
 
 
+def test_network_warp_samples_as_monai_warp_does() -> None:
+    """The network's scriptable warp of the moving images and MONAI's Warp (the loss's) give the same image."""
+    from monai.networks.blocks import Warp
+
+    from corx_bundle.scripts.network import warp_voxels
+
+    gen = torch.Generator().manual_seed(4)
+    image = torch.rand((2, 2, 16, 20, 24), generator=gen)
+    displacement = torch.randn((2, 3, 16, 20, 24), generator=gen) * 3.0
+    torch.testing.assert_close(warp_voxels(image, displacement), Warp("bilinear", "zeros")(image, displacement),
+                               rtol=0, atol=1e-5)
+
+
 def test_dense_part_sees_the_affinely_aligned_moving_images() -> None:
     """A pure translation by the head: the encoder-decoder's input holds the moving images moved by it (fixed ones
     untouched), i.e. moving(x + t) for an integer t, zero where x + t leaves the grid."""

@@ -408,6 +408,11 @@ def _centred_axis(shape: list[int], axis: int, device: torch.device, half_range:
     return coords.view(view)
 
 
+def _half_extents(shape: list[int], device: torch.device) -> Tensor:
+    """(3,) half extents of the grid in voxels, ``(n - 1) / 2`` per axis (at least 1, so that ratios stay finite)."""
+    return torch.tensor([max((n - 1) * 0.5, 1.0) for n in shape], device=device, dtype=torch.float32)
+
+
 def affine_displacement(params: Tensor, shape: list[int]) -> Tensor:
     """(B, 12) affine parameters in half-extent units -> (B, 3, *shape) displacement in voxels.
 
@@ -420,7 +425,7 @@ def affine_displacement(params: Tensor, shape: list[int]) -> Tensor:
     x = _centred_axis(shape, 0, params.device, half_range=True)
     y = _centred_axis(shape, 1, params.device, half_range=True)
     z = _centred_axis(shape, 2, params.device, half_range=True)
-    half = torch.tensor([(n - 1) * 0.5 for n in shape], device=params.device, dtype=torch.float32).view(1, 3, 1, 1, 1)
+    half = _half_extents(shape, params.device).view(1, 3, 1, 1, 1)
     return (m[:, :, 0] * x + m[:, :, 1] * y + m[:, :, 2] * z + t) * half
 
 
@@ -428,13 +433,14 @@ def affine_linear_part(params: Tensor, shape: list[int]) -> Tensor:
     """(B, 12) parameters of :func:`affine_displacement` -> (B, 3, 3) matrix ``A`` in voxel units, so that the
     displacement of a shifted point is ``u(x + d) = u(x) + A d`` (``A_ij = M_ij h_i / h_j``)."""
     b = params.shape[0]
-    half = torch.tensor([max((n - 1) * 0.5, 1.0) for n in shape], device=params.device, dtype=torch.float32)
+    half = _half_extents(shape, params.device)
     return params[:, :9].float().reshape(b, 3, 3) * half.view(1, 3, 1) / half.view(1, 1, 3)
 
 
 def warp_voxels(image: Tensor, displacement: Tensor) -> Tensor:
     """Sample ``image`` (B, C, D, H, W) at ``x + displacement(x)`` (B, 3, D, H, W; voxels, array-axis order):
-    trilinear, zero outside the grid (the pull-back convention of the whole project)."""
+    trilinear, zero outside the grid (the pull-back convention of the whole project). The same sampling as MONAI
+    ``Warp("bilinear", "zeros")``, which the loss uses, but scriptable: the network must stay TorchScript."""
     shape = [image.shape[2], image.shape[3], image.shape[4]]
     normalised: list[Tensor] = []
     for axis in range(3):
@@ -671,16 +677,18 @@ class CoRXNet(nn.Module):
         shape = [x.shape[2], x.shape[3], x.shape[4]]
         aligned = x
         affine_params: list[Tensor] = []
+        affine_fields: list[Tensor] = []
         for head in self.affine_head:
             params = head.parameters_of(x)
             affine_params.append(params)
-            aligned = self._moving_warped(x, affine_displacement(params, shape))
+            affine_fields.append(affine_displacement(params, shape))
+            aligned = self._moving_warped(x, affine_fields[-1])
         field = self._dense_field(aligned)
-        for params in affine_params:
-            # the dense field registers the affinely aligned pair: x -> x + d(x) -> u_affine(x + d(x)) + x + d(x)
+        for i in range(len(affine_params)):
+            # the dense field registers the affinely aligned pair: x -> y = x + d(x) -> y + a(y), a(y) = a(x) + A d
             dense = field.float()
-            field = (affine_displacement(params, shape) + dense
-                     + torch.einsum("bij,bjdhw->bidhw", affine_linear_part(params, shape), dense))
+            linear = affine_linear_part(affine_params[i], shape)
+            field = affine_fields[i] + dense + torch.einsum("bij,bjdhw->bidhw", linear, dense)
         return field
 
     def _moving_warped(self, x: Tensor, displacement: Tensor) -> Tensor:
