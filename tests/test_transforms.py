@@ -104,3 +104,56 @@ def test_normalize_spect_modes() -> None:
     assert logged[0] == 0 and logged[-1] == 1 and logged[1] > x[1] / 1000.0  # low values lifted
     with pytest.raises(ValueError, match="unknown SPECT normalisation"):
         normalize_spect(x, "zscore")
+
+
+def test_field_of_view_masks_follow_their_images_onto_the_fixed_grid(shifted_pair: dict[str, str]) -> None:
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"spatial_size": [40] * 3, "pixdim": [SPACING] * 3, "fov_keys": "@image_keys"})
+    out = Compose(parser.get_parsed_content("preprocessing"))(dict(shifted_pair))
+    fixed_affine = out["fixed_spect"].affine.numpy()
+    profiles = {}
+    for key in parser.get_parsed_content("image_keys"):
+        mask = out[f"{key}_fov"]
+        assert tuple(mask.shape) == (1, 40, 40, 40)
+        np.testing.assert_allclose(mask.affine.numpy(), fixed_affine, atol=1e-5)
+        profiles[key] = mask[0, :, 20, 20].numpy()
+    # the 36^3 boxes are padded by 2 voxels on each side; the moving scans start 8 mm (2 voxels) further along +x
+    for key in ("fixed_ct", "fixed_spect"):
+        np.testing.assert_allclose(profiles[key][[0, 1, 38, 39]], 0.0, atol=1e-6)
+        np.testing.assert_allclose(profiles[key][2:38], 1.0, atol=1e-6)
+    for key in ("moving_ct", "moving_spect"):
+        np.testing.assert_allclose(profiles[key][[0, 1, 2, 3, 38, 39]], 0.0, atol=1e-6)
+        np.testing.assert_allclose(profiles[key][4:38], 1.0, atol=1e-6)
+
+
+def test_axial_truncation_zeroes_whole_scans_alike_and_keeps_geometry() -> None:
+    from monai.data import MetaTensor
+
+    from corx_bundle.scripts.transforms import RandAxialTruncationd
+
+    groups = [["fixed_ct", "fixed_ct_fov"], ["moving_ct", "moving_ct_fov"]]
+    transform = RandAxialTruncationd(groups, max_slices=5, prob=1.0)
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
+    cuts_seen = set()
+    for seed in range(6):
+        transform.set_random_state(seed)
+        data = {k: MetaTensor(torch.ones(1, 8, 8, 20), affine=affine) for g in groups for k in g}
+        out = transform(data)
+        for group in groups:
+            profile = out[group[0]][0, 0, 0].numpy()
+            torch.testing.assert_close(out[group[1]].as_tensor(), out[group[0]].as_tensor())  # one cut per scan
+            inferior, superior = int(np.argmax(profile > 0)), int(np.argmax(profile[::-1] > 0))
+            assert 0 <= inferior <= 5 and 0 <= superior <= 5 and profile[inferior : 20 - superior].min() == 1.0
+            cuts_seen.add((inferior, superior))
+            torch.testing.assert_close(out[group[0]].affine, affine.double())
+        assert torch.equal(data["fixed_ct"].as_tensor(), torch.ones(1, 8, 8, 20))  # the input is not modified
+    assert len(cuts_seen) > 3
+    untouched = RandAxialTruncationd(groups, max_slices=5, prob=0.0)({k: torch.ones(1, 4, 4, 20) for g in groups
+                                                                        for k in g})
+    assert all(float(v.min()) == 1.0 for v in untouched.values())
+    with pytest.raises(ValueError, match="cannot truncate"):
+        RandAxialTruncationd([["fixed_ct"]], max_slices=12, prob=1.0)({"fixed_ct": torch.ones(1, 2, 2, 3)})

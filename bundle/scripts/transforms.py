@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Randomizable
 
 SPECT_NORMALISATIONS = ("minmax", "log")
 
@@ -110,4 +110,65 @@ class LoadTrueFieldd(MapTransform):
         labels = np.asarray(labels_img.dataobj, dtype=np.float32)
         truth = torch.from_numpy(np.concatenate([np.moveaxis(field, -1, 0), labels[None]]))
         d[self.name] = MetaTensor(truth, affine=ref.affine)  # same type as the images, for ConcatItemsd
+        return d
+
+
+class FieldOfViewd(MapTransform):
+    """Add, for each of ``keys``, a field-of-view mask ``key + suffix``: ones on the image's own grid, with its
+    metadata, so that the resampling and padding applied to the image afterwards carry the mask along (zeros
+    where the image was padded: outside its scanner's field of view)."""
+
+    def __init__(self, keys: KeysCollection, suffix: str = "_fov", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.suffix = suffix
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            ones = torch.ones(image.shape, dtype=torch.float32)
+            d[f"{key}{self.suffix}"] = MetaTensor(ones, meta=dict(image.meta)) if isinstance(image, MetaTensor) \
+                else ones
+        return d
+
+
+class RandAxialTruncationd(MapTransform, Randomizable):
+    """Shorten the axial field of view of whole scans: for each group of keys (one scan's CT, SPECT and their
+    field-of-view masks), with probability ``prob``, zero ``a`` slices at the inferior end and ``b`` at the
+    superior end of the last array axis (S after RAS orientation), ``a, b`` drawn uniformly from
+    ``[0, max_slices]`` and shared by the group. Simulates acquisitions whose axial extent is shorter than the
+    reference grid (zero-padded), as in the external protocol, without changing any geometry."""
+
+    def __init__(self, groups: Sequence[Sequence[str]], max_slices: int, prob: float = 0.5) -> None:
+        keys = [k for group in groups for k in group]
+        super().__init__(keys, allow_missing_keys=False)
+        if max_slices < 0 or not 0.0 <= prob <= 1.0:
+            raise ValueError(f"need max_slices >= 0 and 0 <= prob <= 1, got {max_slices}, {prob}")
+        self.groups = [tuple(g) for g in groups]
+        self.max_slices, self.prob = int(max_slices), float(prob)
+        self._cuts: list[tuple[int, int] | None] = []
+
+    def randomize(self, data: object = None) -> None:
+        self._cuts = [
+            (int(self.R.randint(0, self.max_slices + 1)), int(self.R.randint(0, self.max_slices + 1)))
+            if self.R.random_sample() < self.prob else None
+            for _ in self.groups
+        ]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize()
+        for group, cut in zip(self.groups, self._cuts, strict=True):
+            if cut is None:
+                continue
+            inferior, superior = cut
+            for key in group:
+                image = d[key]
+                n = image.shape[-1]
+                if inferior + superior >= n:
+                    raise ValueError(f"'{key}': cannot truncate {inferior} + {superior} of its {n} slices")
+                out = image.clone()
+                out[..., :inferior] = 0
+                out[..., n - superior :] = 0
+                d[key] = out
         return d
