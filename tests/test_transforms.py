@@ -157,3 +157,32 @@ def test_axial_truncation_zeroes_whole_scans_alike_and_keeps_geometry() -> None:
     assert all(float(v.min()) == 1.0 for v in untouched.values())
     with pytest.raises(ValueError, match="cannot truncate"):
         RandAxialTruncationd([["fixed_ct"]], max_slices=12, prob=1.0)({"fixed_ct": torch.ones(1, 2, 2, 3)})
+
+
+def test_overlap_overlay_trains_on_an_8_channel_target_and_validates_on_the_plain_pair(
+        shifted_pair: dict[str, str]) -> None:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    names = ("train.json", "train_cpu.json", "affine_stage.json", "overlap_loss.json")
+    parser.read_config([str(BUNDLE / "configs" / n) for n in names])
+    parser.update({"bundle_root": str(BUNDLE), "spatial_size": [40] * 3, "pixdim": [SPACING] * 3,
+                   "fov_truncation_slices": 4, "fov_truncation_prob": 1.0})
+    train = parser.get_parsed_content("train#preprocessing")
+    train.set_random_state(0)
+    out = train(dict(shifted_pair))
+    image, label = out["image"], out["label"]
+    assert tuple(image.shape) == (4, 40, 40, 40) and tuple(label.shape) == (8, 40, 40, 40)
+    torch.testing.assert_close(label[:4].as_tensor(), image.as_tensor())
+    masks = label[4:]
+    assert abs(float(masks.max()) - 1.0) < 1e-5 and float(masks.min()) == 0.0
+    ct = slice(0, 2)  # (the SPECT blur may spread activity past its mask: the loss ignores it there)
+    assert float(image[ct].abs().mul(masks[ct] < 1e-6).max()) < 1e-6  # no CT is left where the scan saw none
+    truncated = masks[:, 20, 20].sum(dim=0)  # every scan lost up to 4 + 2 padding planes at each axial end
+    assert float(truncated[:2].max()) == 0.0 and float(truncated[-2:].max()) == 0.0
+    assert set(out) >= {"image", "label"} and not any(k.endswith("_fov") for k in out)
+    validate = parser.get_parsed_content("validate#preprocessing")(dict(shifted_pair))
+    assert tuple(validate["label"].shape) == (4, 40, 40, 40)
+    assert not any(k.endswith("_fov") for k in validate)
+    loss = parser.get_parsed_content("loss")
+    assert float(loss(torch.zeros(1, 3, 40, 40, 40), label[None])) < 0.1
