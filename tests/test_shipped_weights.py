@@ -4,8 +4,9 @@ The pair (internal cohort, seed 7, patient index 2, reference 4 h -> 48 h) comes
 never saw (training used seed 0). Measures: the mean error of the SPECT field in the kidneys (mm) and the error of
 the tumours' activity-weighted centroids after warping (mm), each against the phantom's truth. The bounds are
 ratios to no registration (identity) that the freshly initialised network (a near-identity field) fails: the test
-checks that too. Measured with the shipped weights (fp32; bf16 gave 5.79 and 1.75): kidneys 7.85 -> 5.80 mm,
-tumour centroids 4.09 -> 1.75 mm; untrained: 7.85 and 4.09 mm. Storage: large tensors float16, the field within
+checks that too. Measured with the shipped weights (2026-12-06, CoRX-NET with its affine head): kidneys
+7.85 -> 2.41 mm, tumour centroids 4.09 -> 1.85 mm (the weights before: 5.80 and 1.75 mm); untrained: 7.85 and
+4.09 mm. Storage: large tensors float16, the field within
 3.9e-5 of its max of a float32 twin.
 """
 
@@ -22,7 +23,7 @@ from corx.evaluation.methods import WEIGHTS
 from corx.registration.backends import DEFAULT_CHECKPOINT
 
 UNSEEN_SEED, INDEX = 7, 2
-KIDNEY_ERROR_RATIO = 0.85  # trained kidney SPECT-field error / identity's must be below this
+KIDNEY_ERROR_RATIO = 0.45  # trained kidney SPECT-field error / identity's must be below this
 CENTROID_ERROR_RATIO = 0.6  # trained tumour centroid error / identity's must be below this
 
 
