@@ -159,12 +159,14 @@ def test_truth_validation_overlay_keeps_only_pairs_with_truth(tmp_path: Path) ->
 
 def test_refine_methods_are_named_and_parsed() -> None:
     from corx.errors import CorxError
-    from corx.evaluation.methods import make_methods
+    from corx.evaluation.methods import WEIGHTS, make_methods
     from corx.evaluation.metrics import parameter_count
+    from corx_bundle.scripts.checkpoints import has_submodule
 
     (plain, refined) = make_methods(["corx", "corx+refine25"])
     assert refined.name == "corx+refine25" and refined.options.steps == 25
-    assert refined.parameters() == parameter_count("corx") == plain.parameters()
+    with_head = has_submodule(WEIGHTS["corx"], "affine_head")  # the shipped weights carry the affine head
+    assert refined.parameters() == parameter_count("corx", affine_head=with_head) == plain.parameters()
     assert refined.settings()["refine"]["steps"] == 25 and "refine" not in plain.settings()
     with pytest.raises(CorxError, match="unknown method"):
         make_methods(["elastix+refine5"])
