@@ -130,6 +130,18 @@ def test_field_of_view_masks_follow_their_images_onto_the_fixed_grid(shifted_pai
         np.testing.assert_allclose(profiles[key][4:38], 1.0, atol=1e-6)
 
 
+def test_field_of_view_mask_owns_its_geometry() -> None:
+    from monai.data import MetaTensor
+
+    from corx_bundle.scripts.transforms import FieldOfViewd
+
+    image = MetaTensor(torch.zeros(1, 2, 2, 2), affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0])))
+    mask = FieldOfViewd(["ct"])({"ct": image})["ct_fov"]
+    torch.testing.assert_close(mask.affine, image.affine)
+    mask.affine[0, 0] = 9.0  # editing the mask's geometry leaves the image's alone
+    assert float(image.affine[0, 0]) == 2.0
+
+
 def test_axial_truncation_zeroes_whole_scans_alike_and_keeps_geometry() -> None:
     from monai.data import MetaTensor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
@@ -127,8 +128,9 @@ class FieldOfViewd(MapTransform):
         for key in self.key_iterator(d):
             image = d[key]
             ones = torch.ones(image.shape, dtype=torch.float32)
-            d[f"{key}{self.suffix}"] = MetaTensor(ones, meta=dict(image.meta)) if isinstance(image, MetaTensor) \
-                else ones
+            # a deep copy: the mask must not share its image's affine tensor (an in-place edit would move both)
+            d[f"{key}{self.suffix}"] = MetaTensor(ones, meta=copy.deepcopy(image.meta)) \
+                if isinstance(image, MetaTensor) else ones
         return d
 
 
