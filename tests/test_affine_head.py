@@ -190,10 +190,23 @@ def test_trainable_parameters_freezes_all_but_the_head() -> None:
     assert all(not p.requires_grad for n, p in net.named_parameters() if not n.startswith("affine_head."))
     assert len(trainable_parameters(net, None)) == len(list(net.parameters()))
     assert all(p.requires_grad for p in net.parameters())
-    with pytest.raises(ValueError, match="no such submodule"):
+    with pytest.raises(ValueError, match="no submodule 'decoderr'"):
         trainable_parameters(net, "decoderr")
-    with pytest.raises(ValueError, match="no parameters"):
+    with pytest.raises(ValueError, match="none left to train"):
         trainable_parameters(build_network("corx", embed_dim=12), "affine_head")
+
+
+def test_trainable_parameters_freezes_the_head_for_the_dense_stage() -> None:
+    from corx_bundle.scripts.network import trainable_parameters
+
+    net = build_network("corx", embed_dim=12, affine_head=True)
+    chosen = trainable_parameters(net, frozen=["affine_head"])
+    head = {id(p) for p in net.affine_head.parameters()}
+    assert head and not head & {id(p) for p in chosen}
+    assert len(chosen) == len(list(net.parameters())) - len(head)
+    assert all(p.requires_grad != (id(p) in head) for p in net.parameters())
+    with pytest.raises(ValueError, match="no submodule 'affine_heads'"):
+        trainable_parameters(net, frozen=["affine_heads"])
 
 
 def test_warm_start_adds_a_new_head_and_refuses_other_weights(tmp_path: Path) -> None:
@@ -312,3 +325,44 @@ def test_bundle_writes_the_stage_two_starting_point(tmp_path: Path) -> None:
         ConfigParser(parser.config).get_parsed_content("save_starting_point", lazy=False)
     assert isinstance(refused.value.__cause__, FileExistsError) and "starting_point.pt" in str(refused.value.__cause__)
     assert written.read_bytes() == before
+
+
+def test_dense_stage_trains_the_dense_part_behind_the_frozen_head(tmp_path: Path) -> None:
+    """configs/dense_stage.json stacked on the overlap stage: CoRX-NET with its head, started from the given
+    weights with the dense output kept, short epochs, and an optimiser step that moves the dense part only."""
+    from monai.bundle import ConfigParser
+
+    torch.manual_seed(0)
+    start = build_network("corx", embed_dim=12, affine_head=True)
+    with torch.no_grad():
+        start.affine_head[0].mlp[2].bias.copy_(torch.tensor(BIAS))
+    start_path = tmp_path / "start.pt"
+    torch.save(start.state_dict(), start_path)
+
+    bundle = Path(__file__).resolve().parents[1] / "bundle"
+    names = ["train.json", "train_cpu.json", "validate_truth.json", "affine_stage.json", "overlap_loss.json",
+             "dense_stage.json"]
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / n) for n in names])
+    parser.update({"bundle_root": str(tmp_path), "device": "$torch.device('cpu')", "network_def#embed_dim": 12,
+                   "init_weights": str(start_path)})
+    assert parser.get_parsed_content("epoch_length") == 68
+    assert parser.get_parsed_content("crop_size") == parser.get_parsed_content("spatial_size")
+    assert Path(parser.get_parsed_content("ckpt_dir")) == tmp_path / "runs" / "cpu_dense_stage" / "models"
+    net = parser.get_parsed_content("network")
+    optimizer = parser.get_parsed_content("optimizer")
+    from corx_bundle.scripts.checkpoints import start_from
+
+    start_from(net, parser.get_parsed_content("init_weights"), parser.get_parsed_content("init_parts"),
+               parser.get_parsed_content("init_zeroed"))
+    for name, value in start.state_dict().items():  # nothing zeroed: the dense output is kept
+        torch.testing.assert_close(net.state_dict()[name], value, rtol=0, atol=0)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    x = _images(1)
+    target = torch.cat([x, torch.ones_like(x)], dim=1)  # 4 images + 4 field-of-view masks
+    loss = parser.get_parsed_content("loss")(net(x), target)
+    loss.backward()
+    optimizer.step()
+    moved = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(not n.startswith("affine_head.") for n in moved)
+    assert any(n.startswith("heads.") for n in moved)

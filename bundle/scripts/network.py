@@ -124,21 +124,28 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def trainable_parameters(model: nn.Module, only: str | None = None) -> list[nn.Parameter]:
-    """The parameters an optimiser should get. ``only`` = a submodule name (e.g. ``"affine_head"``): every other
-    parameter is frozen (``requires_grad`` off, so no gradient is computed for it) and only that submodule's are
-    returned; ``None``: all parameters, all trainable."""
-    if only is not None and not any(name == only for name, _ in model.named_children()):
-        raise ValueError(f"trainable only {only!r}: the network has no such submodule "
-                         f"({', '.join(n for n, _ in model.named_children())})")
+def trainable_parameters(model: nn.Module, only: str | None = None,
+                         frozen: Sequence[str] = ()) -> list[nn.Parameter]:
+    """The parameters an optimiser should get; every other parameter is frozen (``requires_grad`` off, so no
+    gradient is computed for it).
+
+    ``only`` = a submodule name (e.g. ``"affine_head"``): only that submodule trains. ``frozen`` = submodule
+    names that do not train (e.g. ``["affine_head"]`` to train the dense part behind a fixed head). Neither:
+    all parameters, all trainable.
+    """
+    children = [name for name, _ in model.named_children()]
+    for name in ([only] if only is not None else []) + list(frozen):
+        if name not in children:
+            raise ValueError(f"trainable parameters: the network has no submodule {name!r} ({', '.join(children)})")
     chosen = []
     for name, param in model.named_parameters():
-        keep = only is None or name.startswith(only + ".")
+        keep = (only is None or name.startswith(only + ".")) and not any(name.startswith(f + ".") for f in frozen)
         param.requires_grad_(keep)
         if keep:
             chosen.append(param)
     if not chosen:
-        raise ValueError(f"trainable only {only!r}: that submodule has no parameters (is the option that adds it on?)")
+        raise ValueError(f"trainable parameters (only {only!r}, frozen {list(frozen)}): none left to train "
+                         "(is the option that adds the submodule on?)")
     return chosen
 
 
