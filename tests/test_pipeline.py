@@ -251,6 +251,33 @@ def test_true_fields_improve_the_tia_against_the_phantom_truth(internal: Path, t
     assert res.summary["point"]["how"].startswith("hottest tumour")
 
 
+def test_unregistered_tia_is_fitted_only_inside_the_truth_vois(internal: Path) -> None:
+    """The comparison's no-registration TIA is fitted only where the VOIs read it, with the whole map's values."""
+    from corx.dosimetry.tia import compute_tia
+    from corx.io.inputs import read_volume
+    from corx.pipeline.truth import tia_inside, truth_voi_mask
+
+    man = _manifest(internal)
+    frames = [read_volume(internal / t["spect"], "spect").data.astype(np.float32) for t in man["timepoints"]]
+    hours = [t["hours"] for t in man["timepoints"]]
+    labels = np.asarray(nib.load(str(internal / "truth" / "labels_ref.nii.gz")).dataobj)
+    inside = truth_voi_mask(internal / "truth", labels)
+    assert 0.05 < inside.mean() < 0.6 and not inside[labels == 0].any()
+    whole = compute_tia(np.stack(frames), hours, 0.46).tia_mbqh_per_ml
+    part = tia_inside(frames, hours, 0.46, inside)
+    np.testing.assert_array_equal(part[inside], whole[inside])
+    assert not part[~inside].any() and part[inside].any()
+    assert not tia_inside(frames, hours, 0.46, np.zeros_like(inside)).any()
+
+
+def test_identity_compares_equal_with_and_without_registration(internal: Path, tmp_path: Path) -> None:
+    """Without motion the registered and the unregistered TIA of every VOI are the same fit of the same voxels."""
+    res = run_pipeline(internal / "patient.json", tmp_path / "out", method="identity", progress=False, quiet=True)
+    assert res.summary["truth"]
+    for row in res.summary["truth"]:
+        assert row["unregistered_tia_mbqh"] == pytest.approx(row["tia_mbqh"], rel=1e-6), row["voi"]
+
+
 def test_identity_outputs_equal_corx_tia_on_the_registered_manifest(internal: Path, tmp_path: Path) -> None:
     from corx.dosimetry.command import run_tia
 

@@ -26,7 +26,6 @@ from corx_bundle.scripts.fieldops import jacobian_determinant
 from .. import __version__
 from ..dosimetry.bed import load_radiobiology
 from ..dosimetry.dose import parse_dose_mode
-from ..dosimetry.tia import compute_tia
 from ..dosimetry.voi import Voi, default_vois, label_names_from_json, phantom_vois
 from ..dosimetry.workflow import (
     DEFAULT_DOSE_MODE,
@@ -77,7 +76,7 @@ from ..report.hotspot import hot_spot, parse_point
 from ..report.html import render_report
 from .staging import COMPLETE, Staging, check_out_dir, remove_stale_partials
 from .steps import Steps
-from .truth import compare_with_truth, imaged_truth, truth_applies, truth_csv
+from .truth import compare_with_truth, imaged_truth, tia_inside, truth_applies, truth_csv, truth_voi_mask
 
 UNTRAINED_WARNING = ("untrained network: the registration is near identity (freshly initialised CoRX-NET weights; "
                      "no trained model at bundle/models/model.pt)")
@@ -381,15 +380,15 @@ class _Run:
             if labels is None:
                 return [], None
             ids = [tp.id for tp in self.m.timepoints]
-            before = np.stack([self.results[t].spect_before for t in ids])
             prior = prior_half_life_map(self.m.prior_half_life_h, self.labels, self.vois)
-            unreg = compute_tia(before, self.m.hours, voxel_volume_ml(self.affine),
-                                prior_half_life_h=prior).tia_mbqh_per_ml
+            # without registration: fitted only where the comparison reads it (a quarter of a phantom's grid)
+            unreg = tia_inside([self.results[t].spect_before for t in ids], self.m.hours,
+                               voxel_volume_ml(self.affine), truth_voi_mask(truth_dir, labels), prior)
+            true_tia = imaged_truth(truth_dir, self.shape, self.affine)
             rows = compare_with_truth(truth_dir, labels, self.shape, self.affine,
-                                      result.tia.tia_mbqh_per_ml, unreg)
+                                      result.tia.tia_mbqh_per_ml, unreg, imaged=true_tia)
             if rows:
                 self.staging.text("truth_comparison.csv", truth_csv(rows))
-            true_tia = imaged_truth(truth_dir, self.shape, self.affine)
         return rows, true_tia
 
     def figures(self, result: TiaOutputs, method: str, true_tia: np.ndarray | None) -> list[str]:

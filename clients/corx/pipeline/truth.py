@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dosimetry.tia import compute_tia
 from ..errors import CorxError
 from ..io.inputs import array_on_grid
 
@@ -52,15 +53,37 @@ def _vois(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return [v for v, s in zip(entries, sets, strict=True) if not any(s < other for other in sets)]
 
 
+def truth_voi_mask(truth_dir: Path, labels: np.ndarray) -> np.ndarray:
+    """The voxels of ``labels`` inside any VOI of truth/tia_voi.json: where the comparison reads a TIA map."""
+    raw = json.loads((truth_dir / "tia_voi.json").read_text())
+    return np.isin(labels, sorted({int(v) for voi in _vois(raw) for v in voi["labels"]}))
+
+
+def tia_inside(frames: list[np.ndarray], hours: list[float], voxel_volume_ml: float, inside: np.ndarray,
+               prior_half_life_h: np.ndarray | None = None) -> np.ndarray:
+    """Voxel TIA (MBq*h/mL, as :func:`~corx.dosimetry.tia.compute_tia`) of the activity ``frames`` at the voxels
+    ``inside`` only, zero elsewhere: the fit is per voxel, so the values inside equal those of the whole map."""
+    out = np.zeros(inside.shape, np.float32)
+    if not inside.any():
+        return out
+    curves = np.stack([np.asarray(f)[inside] for f in frames])[:, :, None, None]
+    prior = None if prior_half_life_h is None else prior_half_life_h[inside][:, None, None]
+    out[inside] = compute_tia(curves, hours, voxel_volume_ml, prior_half_life_h=prior).tia_mbqh_per_ml[:, 0, 0]
+    return out
+
+
 def _pct(value: float, ref: float) -> float:
     return 100.0 * (value - ref) / ref if ref > 0 else math.nan
 
 
 def compare_with_truth(truth_dir: Path, labels: np.ndarray, shape: tuple[int, ...], affine: np.ndarray,
-                       tia: np.ndarray, tia_unregistered: np.ndarray | None) -> list[dict[str, Any]]:
-    """Per-VOI rows (MBq*h, %) comparing ``tia`` (MBq*h/mL, reference grid) with the phantom truth."""
+                       tia: np.ndarray, tia_unregistered: np.ndarray | None,
+                       imaged: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per-VOI rows (MBq*h, %) comparing ``tia`` (MBq*h/mL, reference grid) with the phantom truth; ``imaged``: the
+    imaged truth already on the grid (read here otherwise)."""
     raw = json.loads((truth_dir / "tia_voi.json").read_text())
-    imaged = imaged_truth(truth_dir, shape, affine)
+    if imaged is None:
+        imaged = imaged_truth(truth_dir, shape, affine)
     if labels.shape != tuple(shape):
         raise CorxError("the label map is not on the reference SPECT grid")
     vv = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
