@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from corx.errors import CorxError
 from corx.geometry.resample import affine_resample
 from corx.io import concurrency
-from corx.io.concurrency import concurrently
+from corx.io.concurrency import SideProcess, concurrently, side_process_wanted
 
 
 def test_results_come_back_in_call_order_and_work_is_spread() -> None:
@@ -59,3 +62,29 @@ def test_axis_aligned_resampling_equals_the_general_path(mode: str) -> None:
     np.testing.assert_allclose(affine_resample(data, oblique, (30, 25, 12), mode=mode),
                                ndimage.affine_transform(data, oblique[:3, :3], offset=oblique[:3, 3],
                                                         output_shape=(30, 25, 12), order=1, mode=mode), atol=1e-6)
+
+
+def test_side_process_runs_calls_elsewhere_with_their_results_and_errors(tmp_path: Path) -> None:
+    from corx.io.imageio import save_image  # a corx function: the child imports corx by name, as the pipeline's does
+
+    side = SideProcess(preload=("corx.io.imageio",))
+    try:
+        assert side.pid != os.getpid()
+        data = np.arange(12, dtype=np.float32).reshape(3, 4)
+        assert side.submit(np.sum, data, axis=1).result().tolist() == [6.0, 22.0, 38.0]
+        written = side.submit(save_image, data[..., None], np.eye(4), tmp_path / "a.nii.gz").result()
+        assert written == tmp_path / "a.nii.gz" and written.is_file()
+        with pytest.raises(CorxError, match="already exists"):  # the child's CorxError comes back as one
+            side.submit(save_image, data[..., None], np.eye(4), written).result()
+    finally:
+        side.close()
+
+
+def test_the_side_process_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORX_THREADS", "2")
+    monkeypatch.setenv("CORX_SIDE_PROCESS", "0")
+    assert not side_process_wanted()
+    monkeypatch.setenv("CORX_SIDE_PROCESS", "1")
+    assert side_process_wanted()
+    monkeypatch.setenv("CORX_THREADS", "1")
+    assert not side_process_wanted()

@@ -278,6 +278,28 @@ def test_identity_compares_equal_with_and_without_registration(internal: Path, t
         assert row["unregistered_tia_mbqh"] == pytest.approx(row["tia_mbqh"], rel=1e-6), row["voi"]
 
 
+def test_outputs_are_the_same_with_and_without_the_side_process(internal: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TIA outputs (maps, tables, DICOM) are written by a side process on 2+ CPUs, in this one otherwise."""
+    runs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CORX_THREADS", "2")
+        monkeypatch.setenv("CORX_SIDE_PROCESS", flag)
+        out = tmp_path / f"side{flag}"
+        res = run_pipeline(internal / "patient.json", out, method="identity", progress=False, quiet=True)
+        assert (res.side_peak_rss_mib is not None) == (flag == "1")
+        runs[flag] = out
+    complete = {flag: json.loads((out / COMPLETE).read_text()) for flag, out in runs.items()}
+    names = sorted(f["path"] for f in complete["1"]["files"])
+    assert names == sorted(f["path"] for f in complete["0"]["files"])
+    assert {"tia.nii.gz", "dose.nii.gz", "voi.csv", "tia_summary.json"} <= set(names)
+    for name in ("tia.nii.gz", "dose.nii.gz", "tia_rule.nii.gz"):
+        a, b = (nib.load(str(out / name)) for out in runs.values())
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_array_equal(a.affine, b.affine)
+    assert (runs["1"] / "voi.csv").read_text() == (runs["0"] / "voi.csv").read_text()
+
+
 def test_identity_outputs_equal_corx_tia_on_the_registered_manifest(internal: Path, tmp_path: Path) -> None:
     from corx.dosimetry.command import run_tia
 

@@ -6,6 +6,7 @@ file list (:data:`OUTPUTS`) and :mod:`corx.pipeline.staging` for how the output 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -45,7 +46,7 @@ from ..geometry.displacement import (
     world_displacement,
 )
 from ..geometry.warp import field_to_nifti
-from ..io.concurrency import concurrently, submit
+from ..io.concurrency import SideProcess, concurrently, side_process_wanted, submit
 from ..io.dicom import study_uids
 from ..io.inputs import labels_on_grid, read_volume
 from ..io.manifest import Manifest, TimePoint, load_manifest
@@ -116,6 +117,8 @@ OUTPUTS: dict[str, str] = {
     "pipeline.json": "summary: method, per-time-point statistics, point, timings, truth comparison",
     "COMPLETE": "written last: the results are complete; sizes and SHA-256 of every file",
 }
+#: imported by the side process as it starts (during the registrations), so the DICOM writers are ready at the end
+WRITER_MODULES = ("corx.dosimetry.workflow", "corx.io.dicom_export", "corx.io.rtstruct")
 MANAGED = tuple(sorted({*TIA_OUTPUT_NAMES, "registered", "fields", "figures", "report.html", "pipeline.json",
                         "truth_comparison.csv"}))
 
@@ -128,6 +131,7 @@ class PipelineResult:
     report: Path
     summary: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
+    side_peak_rss_mib: float | None = None  # the side process's memory high-water mark (None: no side process)
 
 
 @dataclass
@@ -190,6 +194,12 @@ def _make_method(method: str | Method, server: str | None, protocol: str, backen
     return NetworkMethod(backend), what, created
 
 
+def _writer_modules() -> tuple[str, ...]:
+    """What the side process imports as it starts: the writers, and pydicom/highdicom where installed."""
+    extra = tuple(name for name in ("pydicom", "highdicom") if importlib.util.find_spec(name) is not None)
+    return WRITER_MODULES + extra
+
+
 def _input_paths(m: Manifest) -> list[Path]:
     paths = [m.path]
     for tp in m.timepoints:
@@ -228,8 +238,10 @@ class _Run:
     """One pipeline run: the state shared by the steps; creating it reads the reference (step "read reference")."""
 
     def __init__(self, m: Manifest, staging: Staging, steps: Steps, method: Method, config: PreprocessConfig,
-                 refine: RefineOptions | None, warn: Callable[[str], None], point: object = None) -> None:
+                 refine: RefineOptions | None, warn: Callable[[str], None], point: object = None,
+                 side: SideProcess | None = None) -> None:
         self.m, self.staging, self.steps, self.method = m, staging, steps, method
+        self.side = side  # writes the TIA outputs (pure-Python DICOM work) beside the figures, on the other core
         self.config, self.refine = config, refine
         self.warn = warn  # input problems found on the way (e.g. negative SPECT voxels set to 0): console + report
         self.results: dict[str, _TimePointResult] = {}
@@ -363,7 +375,10 @@ class _Run:
             uids = study_uids(self.m.reference_timepoint.ct)
 
             def write() -> None:
-                for path in write_outputs(result, self.affine, self.staging.root, extra=extra, dicom_uids=uids):
+                args, kwargs = (result, self.affine, self.staging.root), {"extra": extra, "dicom_uids": uids}
+                paths = (self.side.submit(write_outputs, *args, **kwargs).result() if self.side is not None
+                         else write_outputs(*args, **kwargs))
+                for path in paths:
                     self.staging.adopt(path.name)
 
             self.staging.later(write)  # maps, DICOM and tables are written while the figures are drawn
@@ -452,13 +467,16 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     steps = Steps(step_plan(m, refine), progress=progress and not quiet)
     steps.timings["load method"] = t_load
     had_complete = (out / COMPLETE).exists()
+    side: SideProcess | None = None
+    side_rss: float | None = None
     try:
         def warn(message: str) -> None:
             all_warnings.append(message)
             if not quiet:
                 tqdm.write(f"WARNING: {message}", file=sys.stderr)
 
-        run = _Run(m, staging, steps, reg, cfg, refine_options, warn, point)
+        side = SideProcess(_writer_modules()) if side_process_wanted() else None
+        run = _Run(m, staging, steps, reg, cfg, refine_options, warn, point, side)
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
         release_freed_memory()  # the network's heap (kept for speed while it ran) goes back to the kernel
@@ -473,6 +491,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
         with steps.step("publish", file=out):
             staging.commit({"patient_id": m.patient_id, "method": method_name, "corx_version": __version__,
                             "manifest": str(m.path)})
+        side_rss = side.peak_rss_mib() if side is not None else None
     except BaseException as exc:
         staging.discard()
         if isinstance(exc, CorxError):
@@ -481,11 +500,14 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
         raise
     finally:
         steps.close()
+        if side is not None:
+            side.close()
         if created is not None:
             created.close()
     timings = dict(steps.timings)
     timings["total"] = time.perf_counter() - t_start
-    res = PipelineResult(out=out, report=out / "report.html", summary=summary, timings_s=timings)
+    res = PipelineResult(out=out, report=out / "report.html", summary=summary, timings_s=timings,
+                         side_peak_rss_mib=side_rss)
     if not quiet:
         print_summary(res)
     return res
