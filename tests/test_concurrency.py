@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -78,6 +80,27 @@ def test_side_process_runs_calls_elsewhere_with_their_results_and_errors(tmp_pat
             side.submit(save_image, data[..., None], np.eye(4), written).result()
     finally:
         side.close()
+
+
+def test_side_process_output_and_death_do_not_confuse_the_answers() -> None:
+    side = SideProcess()
+    try:
+        assert side.submit(print, "noise on stdout").result() is None  # goes to stderr, not into the answers
+        assert side.submit(sorted, [3, 1, 2]).result() == [1, 2, 3]
+        with pytest.raises(RuntimeError, match="ended unexpectedly"):
+            side.submit(os._exit, 3).result()
+    finally:
+        side.close()
+
+
+def test_side_process_works_from_a_script_without_a_main_guard(tmp_path: Path) -> None:
+    """multiprocessing's spawn re-runs the caller's main script in the child; a plain interpreter does not."""
+    script = tmp_path / "script.py"
+    script.write_text("from corx.io.concurrency import SideProcess\nside = SideProcess()\n"
+                      "print('answer', side.submit(sum, [1, 2, 3]).result())\nside.close()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("answer 6") == 1
 
 
 def test_the_side_process_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:

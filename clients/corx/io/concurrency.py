@@ -6,12 +6,13 @@ The worker count is ``CORX_THREADS`` when set, else the number of CPUs, at most 
 
 from __future__ import annotations
 
-import importlib
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -61,40 +62,60 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _import_all(modules: Sequence[str]) -> None:
-    for name in modules:
-        importlib.import_module(name)
-
-
 class SideProcess:
-    """One spawned worker process for pure-Python work (pydicom, highdicom) that would hold this process's GIL
-    while its threads draw figures: there it runs on the other core.
+    """One worker process for pure-Python work (pydicom, highdicom) that would hold this process's GIL while its
+    threads draw figures: there it runs on the other core.
 
-    The process starts at construction and imports ``preload`` there, so its start-up overlaps the caller's
-    earlier work. ``submit`` pickles the arguments (use it for arrays of tens of MB, not GBs). ``close`` waits
-    for what was submitted and ends the process.
+    A fresh interpreter (``python -m corx.io.side_worker``) starts at construction and imports ``preload``, so its
+    start-up overlaps the caller's earlier work; it never re-runs the caller's main script (multiprocessing's
+    spawn would, in a script without a main guard). ``submit`` pickles the call and its arguments (use it for
+    arrays of tens of MB, not GBs); calls run one at a time, in order. ``close`` waits for them and ends it.
     """
 
     def __init__(self, preload: Sequence[str] = ()) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_import_all, initargs=(tuple(preload),))
-        self._started = self._pool.submit(os.getpid)  # start (and preload) now, not at the first real call
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # what this process imports
+        self._process = subprocess.Popen([sys.executable, "-m", "corx.io.side_worker", *preload],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corx-side")
 
     @property
     def pid(self) -> int:
-        """The worker's process id (waits for the start)."""
-        return self._started.result()
+        return self._process.pid
 
     def submit(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-        """Run ``call(*args, **kwargs)`` in the worker; ``.result()`` returns its value or raises its exception."""
-        return self._pool.submit(call, *args, **kwargs)
+        """Run ``call(*args, **kwargs)`` there; ``.result()`` returns its value or raises its exception."""
+        return self._queue.submit(self._call, call, args, kwargs)
+
+    def _call(self, call: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        stdin, stdout = self._process.stdin, self._process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            pickle.dump((call, args, kwargs), stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            stdin.flush()
+            ok, value = pickle.load(stdout)
+        except (BrokenPipeError, EOFError) as exc:
+            raise RuntimeError(f"the side process (pid {self._process.pid}) ended unexpectedly "
+                               f"(exit code {self._process.poll()})") from exc
+        if ok:
+            return value
+        raise value
 
     def peak_rss_mib(self) -> float:
         """The worker's resident-set high-water mark so far, MiB."""
         return self.submit(peak_rss_mib).result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Wait for the submitted calls, then end the process."""
+        self._queue.shutdown(wait=True)
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
 
 def side_process_wanted() -> bool:
