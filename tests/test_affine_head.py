@@ -366,3 +366,76 @@ def test_dense_stage_trains_the_dense_part_behind_the_frozen_head(tmp_path: Path
     moved = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all(not n.startswith("affine_head.") for n in moved)
     assert any(n.startswith("heads.") for n in moved)
+
+
+def test_composed_affine_parameters_are_the_composed_fields() -> None:
+    """compose_affine_parameters(a, b): the moving image pulled through a, then through b, as one affine: the field
+    u_b(x) + u_a(x + u_b(x)), exactly; the other order is a different field."""
+    from corx_bundle.scripts.network import affine_displacement, affine_linear_part, compose_affine_parameters
+
+    generator = torch.Generator().manual_seed(3)
+    first, second = (torch.randn((2, 12), generator=generator) * 0.05 for _ in range(2))
+    shape = [20, 22, 24]
+    u_first, u_second = affine_displacement(first, shape), affine_displacement(second, shape)
+    through_both = u_second + u_first + torch.einsum("bij,bjdhw->bidhw", affine_linear_part(first, shape), u_second)
+    composed = affine_displacement(compose_affine_parameters(first, second), shape)
+    torch.testing.assert_close(composed, through_both, rtol=0, atol=1e-5)
+    swapped = affine_displacement(compose_affine_parameters(second, first), shape)
+    assert float((swapped - through_both).abs().max()) > 1e-2
+
+
+def test_a_two_pass_head_corrects_its_own_affine_and_scripts() -> None:
+    """passes=2: the second pass sees the moving images warped by the first pass's affine and its correction is
+    composed with it; the scripted network gives the same field."""
+    from corx_bundle.scripts.network import (
+        AffineHead,
+        affine_displacement,
+        compose_affine_parameters,
+        moving_warped,
+    )
+
+    torch.manual_seed(4)
+    head = AffineHead(4, passes=2).eval()
+    with torch.no_grad():
+        head.mlp[2].weight.normal_(0.0, 0.05)
+        head.mlp[2].bias.copy_(torch.tensor(BIAS))
+    x = _images(5)
+    with torch.no_grad():
+        pooled = torch.nn.functional.avg_pool3d(x, 2, ceil_mode=True)
+        first = head._single_pass(pooled)
+        aligned = moving_warped(pooled, affine_displacement(first, list(pooled.shape[2:])))
+        expected = compose_affine_parameters(first, head._single_pass(aligned))
+        two = head.parameters_of(x)
+        torch.testing.assert_close(two, expected, rtol=0, atol=1e-6)
+        assert float((two - first).abs().max()) > 1e-3  # the second pass changed something
+        scripted = script_network(head)
+        torch.testing.assert_close(scripted(x), head(x), rtol=0, atol=1e-5)
+
+
+def test_weights_carry_their_passes_and_warm_starts_keep_the_configured_ones(tmp_path: Path) -> None:
+    """Weights saved before the option load as one pass (strict loaders too); a two-pass file runs two passes in a
+    network built with the default; a warm start keeps the run's passes and can start a head alone from a whole
+    CoRX-NET file."""
+    from corx_bundle.scripts.checkpoints import warm_start
+    from corx_bundle.scripts.network import AffineHead
+
+    torch.manual_seed(0)
+    two_pass = build_network("corx", embed_dim=12, affine_head=True, affine_passes=2)
+    state = two_pass.state_dict()
+    assert int(state["affine_head.0.passes"]) == 2
+    plain = build_network("corx", embed_dim=12, affine_head=True)
+    plain.load_state_dict(state)
+    assert int(plain.affine_head[0].passes) == 2
+    older = {k: v for k, v in state.items() if not k.endswith("passes")}
+    restored = build_network("corx", embed_dim=12, affine_head=True, affine_passes=3)
+    restored.load_state_dict(older)  # strict
+    assert int(restored.affine_head[0].passes) == 1
+
+    whole = tmp_path / "whole.pt"
+    torch.save(older, whole)
+    head = AffineHead(4, passes=2)
+    warm_start(head, whole)
+    assert int(head.passes) == 2
+    torch.testing.assert_close(head.mlp[0].weight, two_pass.affine_head[0].mlp[0].weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="passes"):
+        AffineHead(4, passes=0)

@@ -14,6 +14,10 @@ from .atomic import atomic_path
 #: (``scripts.network.AffineHead`` adds nothing until trained).
 OPTIONAL_SUBMODULES = ("affine_head.",)
 
+#: Buffers that describe how a network runs, which a warm start takes from the run's config, not from the weights
+#: (``scripts.network.AffineHead.passes``).
+RUN_DECIDES = ("passes",)
+
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "checkpoint_*.pt") -> str | None:
     """Newest file matching ``pattern`` in ``ckpt_dir`` (by modification time), or None if there is none."""
@@ -32,15 +36,37 @@ def network_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Ten
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _part_for(state: dict[str, torch.Tensor], wanted: set[str]) -> dict[str, torch.Tensor]:
+    """``state`` itself, or, when it holds a whole network and ``wanted`` names a part of it (e.g. an
+    :class:`~scripts.network.AffineHead` started from a CoRX-NET file), the entries under that part's prefix with
+    the prefix removed."""
+    if wanted & set(state):
+        return state
+    prefixes = {k[: len(k) - len(w)] for k in state for w in wanted if k.endswith("." + w)}
+    for prefix in sorted(prefixes):
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if len(wanted & set(part)) >= len(wanted) - len(RUN_DECIDES):
+            return part
+    return state
+
+
 def warm_start(network: torch.nn.Module, path: str | os.PathLike, into: str | None = None) -> list[str]:
     """Load the weights in ``path`` into ``network`` (or into its submodule ``into``, e.g. ``"affine_head.0"`` for
-    an affine head trained on its own) before training; float16-stored tensors are cast back.
+    an affine head trained on its own) before training; float16-stored tensors are cast back. A file holding a
+    whole network can start one of its parts trained alone (an affine head from a CoRX-NET with a head). Buffers in
+    :data:`RUN_DECIDES` keep the values the run configured.
 
     Everything must match except submodules the weights predate (:data:`OPTIONAL_SUBMODULES`), which keep their
     neutral initialisation; returns the names of the parameters left so."""
     state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
     target = network.get_submodule(into) if into else network
+    state = _part_for(state, set(target.state_dict()))
+    # the run's config, not the starting weights, decides how many passes an affine head iterates
+    configured = {name: b.clone() for name, b in target.named_buffers() if name.split(".")[-1] in RUN_DECIDES}
     missing, unexpected = target.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for name, value in configured.items():
+            target.get_buffer(name).copy_(value)
     new = [k for k in missing if k.startswith(OPTIONAL_SUBMODULES)]
     # weights saved before the diffeomorphic option carry no integration_steps buffer
     wrong = [k for k in missing if k not in new and k != "integration_steps"]

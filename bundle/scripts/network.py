@@ -401,6 +401,8 @@ class _DecoderLevel(nn.Module):
 #: The affine head's raw outputs are multiplied by this: a raw unit is 0.1 of the half field of view (6.4 voxels on
 #: a 128 grid) for the translation and 0.1 for the matrix (about 6 degrees), so both move at similar rates under Adam.
 AFFINE_OUTPUT_SCALE = 0.1
+#: most passes an :class:`AffineHead` may iterate
+MAX_AFFINE_PASSES = 4
 
 
 def _centred_axis(shape: list[int], axis: int, device: torch.device, half_range: bool = False) -> Tensor:
@@ -444,6 +446,34 @@ def affine_linear_part(params: Tensor, shape: list[int]) -> Tensor:
     return params[:, :9].float().reshape(b, 3, 3) * half.view(1, 3, 1) / half.view(1, 1, 3)
 
 
+def compose_affine_parameters(first: Tensor, second: Tensor) -> Tensor:
+    """(B, 12) parameters of the affine ``first`` applied after ``second`` on the moving side: the moving image warped
+    by ``first`` and then by ``second`` is the moving image warped by the result.
+
+    In the normalised coordinates of :func:`affine_displacement` each is the map ``n -> (I + M) n + t``; the pull-back
+    of the moving image through both is ``n -> (I + M1)((I + M2) n + t2) + t1``, exactly affine again."""
+    b = first.shape[0]
+    eye = torch.eye(3, device=first.device, dtype=torch.float32).unsqueeze(0)
+    m1 = first[:, :9].float().reshape(b, 3, 3) + eye
+    m2 = second[:, :9].float().reshape(b, 3, 3) + eye
+    t1 = first[:, 9:].float().reshape(b, 3, 1)
+    t2 = second[:, 9:].float().reshape(b, 3, 1)
+    matrix = torch.bmm(m1, m2) - eye
+    shift = torch.bmm(m1, t2) + t1
+    return torch.cat([matrix.reshape(b, 9), shift.reshape(b, 3)], dim=1)
+
+
+def moving_warped(x: Tensor, displacement: Tensor) -> Tensor:
+    """The input (fixed and moving images interleaved: fixed CT, moving CT, fixed SPECT, moving SPECT) with its
+    moving images (odd channels) warped by ``displacement``; the fixed images unchanged."""
+    moved = warp_voxels(x[:, 1::2], displacement).to(x.dtype)
+    channels: list[Tensor] = []
+    for s in range(x.shape[1] // 2):
+        channels.append(x[:, 2 * s : 2 * s + 1])
+        channels.append(moved[:, s : s + 1])
+    return torch.cat(channels, dim=1)
+
+
 def warp_voxels(image: Tensor, displacement: Tensor) -> Tensor:
     """Sample ``image`` (B, C, D, H, W) at ``x + displacement(x)`` (B, 3, D, H, W; voxels, array-axis order):
     trilinear, zero outside the grid (the pull-back convention of the whole project). The same sampling as MONAI
@@ -471,10 +501,15 @@ class AffineHead(nn.Module):
     :func:`affine_displacement` (times :data:`AFFINE_OUTPUT_SCALE`); its last layer starts at zero, so a new head
     adds nothing until trained. It is a whole registration network on its own (``forward`` returns the field) and
     the global part of :class:`CoRXNet` with ``affine_head=True``.
+
+    ``passes`` > 1 iterates the same weights: each further pass sees the moving images warped by the affine so far
+    (on the pooled grid) and its correction is composed with it exactly (:func:`compose_affine_parameters`). The
+    number is stored in the weights as the buffer ``passes``, so that a file always runs as it was trained; weights
+    saved before the option load as one pass.
     """
 
     def __init__(self, in_channels: int = 4, channels: Sequence[int] = (16, 32, 64, 128), hidden: int = 128,
-                 pool: int = 2) -> None:
+                 pool: int = 2, passes: int = 1) -> None:
         super().__init__()
         stages: list[nn.Module] = []
         c_in = in_channels
@@ -489,11 +524,28 @@ class AffineHead(nn.Module):
         with torch.no_grad():
             self.mlp[2].weight.zero_()
             self.mlp[2].bias.zero_()
+        if not 1 <= int(passes) <= MAX_AFFINE_PASSES:
+            raise ValueError(f"AffineHead: passes must be in [1, {MAX_AFFINE_PASSES}], got {passes}")
+        self.register_buffer("passes", torch.tensor(int(passes), dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # weights saved before the ``passes`` option were trained (and benchmarked) as one pass
+        state_dict.setdefault(prefix + "passes", torch.tensor(1, dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def parameters_of(self, x: Tensor) -> Tensor:
         """(B, C, D, H, W) images -> (B, 12) affine parameters (see :func:`affine_displacement`)."""
         if self.pool > 1:
             x = F.avg_pool3d(x, self.pool, ceil_mode=True)
+        params = self._single_pass(x)
+        grid = [x.shape[2], x.shape[3], x.shape[4]]
+        for _ in range(int(self.passes) - 1):
+            aligned = moving_warped(x, affine_displacement(params, grid))
+            params = compose_affine_parameters(params, self._single_pass(aligned))
+        return params
+
+    def _single_pass(self, x: Tensor) -> Tensor:
+        """One prediction of the encoder and MLP on the (pooled) images: (B, 12) parameters."""
         f = self.encoder(x).float()
         if f.shape[2] * f.shape[3] * f.shape[4] < 2:
             raise ValueError("AffineHead: the input is too small for its encoder (64 voxels per axis with pool 2)")
@@ -552,6 +604,7 @@ class CoRXNet(nn.Module):
             images are warped by its affine, the Swin encoder-decoder registers that aligned pair, and the two are
             composed exactly, ``u(x) = a(x) + (I + A) d(x)``, so the body's repositioning need not be built voxel
             by voxel (displacement output only). A checkpoint with ``affine_head.*`` weights is loaded with it on.
+        affine_passes: passes of the affine head (:class:`AffineHead`); weights carry their own.
     """
 
     def __init__(
@@ -574,6 +627,7 @@ class CoRXNet(nn.Module):
         in_channels: int = 4,
         integration_steps: int = 0,
         affine_head: bool = False,
+        affine_passes: int = 1,
     ) -> None:
         super().__init__()
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]
@@ -670,7 +724,7 @@ class CoRXNet(nn.Module):
         n_heads = 1 if self.fusion_concat else num_streams
         head_in = reg_head_channels * (num_streams if self.fusion_concat else 1)
         self.heads = nn.ModuleList([_registration_head(head_in) for _ in range(n_heads)])
-        self.affine_head = nn.ModuleList([AffineHead(in_channels)] if affine_head else [])
+        self.affine_head = nn.ModuleList([AffineHead(in_channels, passes=affine_passes)] if affine_head else [])
         self.register_buffer("integration_steps", torch.tensor(int(integration_steps), dtype=torch.int64))
         #: number of cross-stitch units (0 without): len(depths) + len(depths) + 1 with them
         self.num_cross_stitch_units: int = sum(isinstance(m, CrossStitch) for m in self.modules())
@@ -689,7 +743,7 @@ class CoRXNet(nn.Module):
             params = head.parameters_of(x)
             affine_params.append(params)
             affine_fields.append(affine_displacement(params, shape))
-            aligned = self._moving_warped(x, affine_fields[-1])
+            aligned = moving_warped(x, affine_fields[-1])
         field = self._dense_field(aligned)
         for i in range(len(affine_params)):
             # the dense field registers the affinely aligned pair: x -> y = x + d(x) -> y + a(y), a(y) = a(x) + A d
@@ -697,15 +751,6 @@ class CoRXNet(nn.Module):
             linear = affine_linear_part(affine_params[i], shape)
             field = affine_fields[i] + dense + torch.einsum("bij,bjdhw->bidhw", linear, dense)
         return field
-
-    def _moving_warped(self, x: Tensor, displacement: Tensor) -> Tensor:
-        """The input with its moving images (odd channels) warped by ``displacement``, fixed images unchanged."""
-        moved = warp_voxels(x[:, 1::2], displacement).to(x.dtype)
-        channels: list[Tensor] = []
-        for s in range(x.shape[1] // 2):
-            channels.append(x[:, 2 * s : 2 * s + 1])
-            channels.append(moved[:, s : s + 1])
-        return torch.cat(channels, dim=1)
 
     def _dense_field(self, x: Tensor) -> Tensor:
         """The Swin encoder-decoder's field for the (possibly affinely aligned) input."""
