@@ -23,11 +23,13 @@ def _images(seed: int = 0) -> torch.Tensor:
     return torch.rand((1, 4, *SIZE), generator=torch.Generator().manual_seed(seed))
 
 
-def _with_head(bias: list[float], seed: int = 0) -> torch.nn.Module:
+def _with_head(bias: list[float], seed: int = 0, passes: int = 1) -> torch.nn.Module:
     torch.manual_seed(seed)
-    net = build_network("corx", affine_head=True).eval()
+    net = build_network("corx", affine_head=True, affine_passes=passes).eval()
     with torch.no_grad():
         net.affine_head[0].mlp[2].bias.copy_(torch.tensor(bias))
+        if passes > 1:  # so that a further pass depends on the images it sees
+            net.affine_head[0].mlp[2].weight.normal_(0.0, 0.02)
     return net
 
 
@@ -123,12 +125,12 @@ def test_scripted_head_matches_eager() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
 def test_onnx_head_matches_eager(tmp_path: Path) -> None:
     """The project's export (``export_onnx``: opset 20 for the 3-D GridSample of the aligned pair, checked in ONNX
-    Runtime at batch 2) keeps the headed network; opset 17 cannot express it."""
+    Runtime at batch 2) keeps the headed network, two passes included; opset 17 cannot express it."""
     import onnx
 
     from corx_bundle.scripts.export import OPSET, export_onnx
 
-    net = _with_head(BIAS)
+    net = _with_head(BIAS, passes=2)
     path = tmp_path / "affine.onnx"
     diff = export_onnx(net, path, SIZE)
     assert diff <= 1e-4 and path.is_file()
@@ -139,11 +141,11 @@ def test_onnx_head_matches_eager(tmp_path: Path) -> None:
 
 
 def test_checkpoint_with_head_loads_with_it(tmp_path: Path) -> None:
-    net, x = _with_head(BIAS), _images()
+    net, x = _with_head(BIAS, passes=2), _images()
     path = tmp_path / "model.pt"
     torch.save(net.state_dict(), path)
     loaded = load_network(path)
-    assert len(loaded.affine_head) == 1
+    assert len(loaded.affine_head) == 1 and int(loaded.affine_head[0].passes) == 2
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=1e-6)
     plain = tmp_path / "plain.pt"
