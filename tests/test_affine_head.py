@@ -331,11 +331,12 @@ def test_bundle_writes_the_stage_two_starting_point(tmp_path: Path) -> None:
 
 def test_dense_stage_trains_the_dense_part_behind_the_frozen_head(tmp_path: Path) -> None:
     """configs/dense_stage.json stacked on the overlap stage: CoRX-NET with its head, started from the given
-    weights with the dense output kept, short epochs, and an optimiser step that moves the dense part only."""
+    weights with the dense output kept and the head's stored passes, short epochs, and an optimiser step that moves
+    the dense part only."""
     from monai.bundle import ConfigParser
 
     torch.manual_seed(0)
-    start = build_network("corx", embed_dim=12, affine_head=True)
+    start = build_network("corx", embed_dim=12, affine_head=True, affine_passes=2)
     with torch.no_grad():
         start.affine_head[0].mlp[2].bias.copy_(torch.tensor(BIAS))
     start_path = tmp_path / "start.pt"
@@ -357,7 +358,7 @@ def test_dense_stage_trains_the_dense_part_behind_the_frozen_head(tmp_path: Path
 
     start_from(net, parser.get_parsed_content("init_weights"), parser.get_parsed_content("init_parts"),
                parser.get_parsed_content("init_zeroed"))
-    for name, value in start.state_dict().items():  # nothing zeroed: the dense output is kept
+    for name, value in start.state_dict().items():  # nothing zeroed: the dense output is kept; the head's 2 passes
         torch.testing.assert_close(net.state_dict()[name], value, rtol=0, atol=0)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     x = _images(1)
@@ -418,7 +419,7 @@ def test_weights_carry_their_passes_and_warm_starts_keep_the_configured_ones(tmp
     """Weights saved before the option load as one pass (strict loaders too); a two-pass file runs two passes in a
     network built with the default; a warm start keeps the run's passes and can start a head alone from a whole
     CoRX-NET file."""
-    from corx_bundle.scripts.checkpoints import warm_start
+    from corx_bundle.scripts.checkpoints import stored_affine_passes, warm_start
     from corx_bundle.scripts.network import AffineHead
 
     torch.manual_seed(0)
@@ -435,6 +436,10 @@ def test_weights_carry_their_passes_and_warm_starts_keep_the_configured_ones(tmp
 
     whole = tmp_path / "whole.pt"
     torch.save(older, whole)
+    two_pass_file = tmp_path / "two_pass.pt"
+    torch.save({"model": state}, two_pass_file)
+    assert stored_affine_passes(two_pass_file) == 2
+    assert stored_affine_passes(whole) == stored_affine_passes(tmp_path / "absent.pt") == 1
     head = AffineHead(4, passes=2)
     warm_start(head, whole)
     assert int(head.passes) == 2

@@ -124,3 +124,13 @@ def has_submodule(path: str | os.PathLike, name: str) -> bool:
         return False
     state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
     return any(k.startswith(name + ".") for k in state)
+
+
+def stored_affine_passes(path: str | os.PathLike) -> int:
+    """The passes of the affine head stored in the weights at ``path`` (1 when the file predates the option, has no
+    head or does not exist), so that a run continuing those weights keeps running their head as it was trained."""
+    if not Path(path).is_file():
+        return 1
+    state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    stored = [int(v) for k, v in state.items() if k == "passes" or k.endswith("affine_head.0.passes")]
+    return stored[0] if stored else 1
