@@ -120,17 +120,21 @@ def save_network(network: torch.nn.Module, path: str | os.PathLike, overwrite: b
 def has_submodule(path: str | os.PathLike, name: str) -> bool:
     """Whether the weights in ``path`` hold submodule ``name`` (e.g. ``"affine_head"``), so that a config builds the
     network the weights need; False when there is no file (the checkpoint loader then says so)."""
-    if not Path(path).is_file():
-        return False
-    state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    return any(k.startswith(name + ".") for k in state)
+    state = _stored_state(path)
+    return state is not None and any(k.startswith(name + ".") for k in state)
 
 
 def stored_affine_passes(path: str | os.PathLike) -> int:
     """The passes of the affine head stored in the weights at ``path`` (1 when the file predates the option, has no
     head or does not exist), so that a run continuing those weights keeps running their head as it was trained."""
-    if not Path(path).is_file():
-        return 1
-    state = network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    stored = [int(v) for k, v in state.items() if k == "passes" or k.endswith("affine_head.0.passes")]
+    stored = [int(v) for k, v in (_stored_state(path) or {}).items()
+              if k == "passes" or k.endswith("affine_head.0.passes")]
     return stored[0] if stored else 1
+
+
+def _stored_state(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The network state dict in ``path``, or None when there is no such file (configs probe weights to build the
+    network they need; the checkpoint loader reports a missing file itself)."""
+    if not Path(path).is_file():
+        return None
+    return network_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
