@@ -331,12 +331,12 @@ def test_bundle_writes_the_stage_two_starting_point(tmp_path: Path) -> None:
 
 def test_dense_stage_trains_the_dense_part_behind_the_frozen_head(tmp_path: Path) -> None:
     """configs/dense_stage.json stacked on the overlap stage: CoRX-NET with its head, started from the given
-    weights with the dense output kept and the head's stored passes, short epochs, and an optimiser step that moves
-    the dense part only."""
+    weights with the dense output kept, the head's stored passes and the stored dense smoothing, short epochs, and an
+    optimiser step that moves the dense part only."""
     from monai.bundle import ConfigParser
 
     torch.manual_seed(0)
-    start = build_network("corx", embed_dim=12, affine_head=True, affine_passes=2)
+    start = build_network("corx", embed_dim=12, affine_head=True, affine_passes=2, dense_smoothing=1.5)
     with torch.no_grad():
         start.affine_head[0].mlp[2].bias.copy_(torch.tensor(BIAS))
     start_path = tmp_path / "start.pt"
@@ -358,7 +358,7 @@ def test_dense_stage_trains_the_dense_part_behind_the_frozen_head(tmp_path: Path
 
     start_from(net, parser.get_parsed_content("init_weights"), parser.get_parsed_content("init_parts"),
                parser.get_parsed_content("init_zeroed"))
-    for name, value in start.state_dict().items():  # nothing zeroed: the dense output is kept; the head's 2 passes
+    for name, value in start.state_dict().items():  # nothing zeroed: the dense output is kept; 2 passes, width 1.5
         torch.testing.assert_close(net.state_dict()[name], value, rtol=0, atol=0)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     x = _images(1)

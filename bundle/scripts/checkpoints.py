@@ -15,8 +15,8 @@ from .atomic import atomic_path
 OPTIONAL_SUBMODULES = ("affine_head.",)
 
 #: Buffers that describe how a network runs, which a warm start takes from the run's config, not from the weights
-#: (``scripts.network.AffineHead.passes``).
-RUN_DECIDES = ("passes",)
+#: (``scripts.network.AffineHead.passes``, ``scripts.network.FieldSmoothing.smoothing_sigma``).
+RUN_DECIDES = ("passes", "smoothing_sigma")
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "checkpoint_*.pt") -> str | None:
@@ -127,9 +127,20 @@ def has_submodule(path: str | os.PathLike, name: str) -> bool:
 def stored_affine_passes(path: str | os.PathLike) -> int:
     """The passes of the affine head stored in the weights at ``path`` (1 when the file predates the option, has no
     head or does not exist), so that a run continuing those weights keeps running their head as it was trained."""
-    stored = [int(v) for k, v in (_stored_state(path) or {}).items()
-              if k == "passes" or k.endswith("affine_head.0.passes")]
-    return stored[0] if stored else 1
+    return int(_stored_setting(path, "passes", "affine_head.0.passes", 1))
+
+
+def stored_dense_smoothing(path: str | os.PathLike) -> float:
+    """The dense-field smoothing width (voxels) stored in the weights at ``path`` (0 when the file predates the
+    option or does not exist), so that a run continuing those weights trains the network as it is run."""
+    return float(_stored_setting(path, "smoothing_sigma", "dense_smoothing.smoothing_sigma", 0.0))
+
+
+def _stored_setting(path: str | os.PathLike, alone: str, within: str, default: float) -> float:
+    """The buffer stored under ``alone`` (a part saved on its own) or ``within`` (in a whole network) in the weights
+    at ``path``; ``default`` when there is neither, or no file."""
+    stored = [float(v) for k, v in (_stored_state(path) or {}).items() if k == alone or k.endswith(within)]
+    return stored[0] if stored else default
 
 
 def _stored_state(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:

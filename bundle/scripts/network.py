@@ -91,6 +91,7 @@ __all__ = [
     "VARIANTS",
     "CoRXNet",
     "CrossStitch",
+    "FieldSmoothing",
     "build_network",
     "count_parameters",
     "crop",
@@ -102,6 +103,9 @@ __all__ = [
 
 #: Largest number of scaling-and-squaring steps a network may ask for (2**12 = 4096 sub-steps).
 MAX_INTEGRATION_STEPS = 12
+
+#: Largest Gaussian width (voxels) :class:`FieldSmoothing` accepts.
+MAX_SMOOTHING_SIGMA = 8.0
 
 #: Parameter counts reported in the paper's Table 2.
 PAPER_PARAMETERS: dict[str, int] = {"corx": 9_557_138, "corx_nocs": 9_557_110, "transmorph": 20_800_563}
@@ -560,6 +564,46 @@ class AffineHead(nn.Module):
         return affine_displacement(self.parameters_of(x), [x.shape[2], x.shape[3], x.shape[4]])
 
 
+class FieldSmoothing(nn.Module):
+    """Gaussian smoothing of a ``(B, C, D, H, W)`` field, ``sigma`` voxels wide (0 = off; an addition to the paper).
+
+    Separable: one 1-D convolution per axis, the kernel truncated at ``round(3 sigma)`` voxels and normalised, the
+    border replicated (``scipy.ndimage.gaussian_filter(..., mode="nearest", truncate=3)``). Without parameters;
+    ``sigma`` is the buffer ``smoothing_sigma``, stored in the weights, so a file always runs with the width chosen
+    for it; weights saved before the option load unsmoothed, as they were trained and benchmarked.
+    """
+
+    def __init__(self, sigma: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= float(sigma) <= MAX_SMOOTHING_SIGMA:
+            raise ValueError(f"FieldSmoothing: sigma must be in [0, {MAX_SMOOTHING_SIGMA}] voxels, got {sigma}")
+        self.register_buffer("smoothing_sigma", torch.tensor(float(sigma), dtype=torch.float32))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # weights saved before the option ran without smoothing
+        state_dict.setdefault(prefix + "smoothing_sigma", torch.tensor(0.0, dtype=torch.float32))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, field: Tensor) -> Tensor:
+        sigma = float(self.smoothing_sigma)
+        if sigma <= 0.0:
+            return field
+        radius = int(3.0 * sigma + 0.5)
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=field.device)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).to(field.dtype)
+        size = [field.shape[0], field.shape[1], field.shape[2], field.shape[3], field.shape[4]]
+        out = field.reshape(size[0] * size[1], 1, size[2], size[3], size[4])  # every component on its own
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = 2 * radius + 1
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[4 - 2 * axis] = radius
+            pad[5 - 2 * axis] = radius
+            out = F.conv3d(F.pad(out, pad, mode="replicate"), kernel.view(shape))
+        return out.reshape(size)
+
+
 def _registration_head(in_channels: int) -> nn.Conv3d:
     """Conv3d(in -> 3, 3^3) with weights ~ N(0, 1e-5) and zero bias: an untrained net is near identity."""
     head = nn.Conv3d(in_channels, 3, kernel_size=3, padding=1)
@@ -605,6 +649,8 @@ class CoRXNet(nn.Module):
             composed exactly, ``u(x) = a(x) + (I + A) d(x)``, so the body's repositioning need not be built voxel
             by voxel (displacement output only). A checkpoint with ``affine_head.*`` weights is loaded with it on.
         affine_passes: passes of the affine head (:class:`AffineHead`); weights carry their own.
+        dense_smoothing: Gaussian width (voxels) applied to the Swin encoder-decoder's field before it is composed
+            with the affine (:class:`FieldSmoothing`; 0 = off); weights carry their own.
     """
 
     def __init__(
@@ -628,6 +674,7 @@ class CoRXNet(nn.Module):
         integration_steps: int = 0,
         affine_head: bool = False,
         affine_passes: int = 1,
+        dense_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]
@@ -725,6 +772,7 @@ class CoRXNet(nn.Module):
         head_in = reg_head_channels * (num_streams if self.fusion_concat else 1)
         self.heads = nn.ModuleList([_registration_head(head_in) for _ in range(n_heads)])
         self.affine_head = nn.ModuleList([AffineHead(in_channels, passes=affine_passes)] if affine_head else [])
+        self.dense_smoothing = FieldSmoothing(dense_smoothing)
         self.register_buffer("integration_steps", torch.tensor(int(integration_steps), dtype=torch.int64))
         #: number of cross-stitch units (0 without): len(depths) + len(depths) + 1 with them
         self.num_cross_stitch_units: int = sum(isinstance(m, CrossStitch) for m in self.modules())
@@ -744,7 +792,7 @@ class CoRXNet(nn.Module):
             affine_params.append(params)
             affine_fields.append(affine_displacement(params, shape))
             aligned = moving_warped(x, affine_fields[-1])
-        field = self._dense_field(aligned)
+        field = self.dense_smoothing(self._dense_field(aligned))
         for i in range(len(affine_params)):
             # the dense field registers the affinely aligned pair: x -> y = x + d(x) -> y + a(y), a(y) = a(x) + A d
             dense = field.float()
