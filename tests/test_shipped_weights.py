@@ -4,10 +4,11 @@ The pair (internal cohort, seed 7, patient index 2, reference 4 h -> 48 h) comes
 never saw (training used seed 0). Measures: the mean error of the SPECT field in the kidneys (mm) and the error of
 the tumours' activity-weighted centroids after warping (mm), each against the phantom's truth. The bounds are
 ratios to no registration (identity) that the freshly initialised network (a near-identity field) fails: the test
-checks that too. Measured with the shipped weights (2026-12-07, CoRX-NET with its two-pass affine head): kidneys
-7.85 -> 3.51 mm, tumour centroids 4.09 -> 1.97 mm (the 2026-12-06 weights: 2.41 and 1.85 mm; before them 5.80 and
-1.75 mm; on this one pair the new weights lose on the kidneys, on the 9 validation pairs they gain); untrained:
-7.85 and 4.09 mm. Storage: large tensors float16, the field within 3.9e-5 of its max of a float32 twin.
+checks that too. Measured with the shipped weights (since 2026-12-07 morning: CoRX-NET with its two-pass affine head
+and its dense field smoothed, sigma 2 voxels): kidneys 7.85 -> 3.39 mm, tumour centroids 4.09 -> 2.32 mm (ratios
+0.432 and 0.569; without the smoothing 3.51 and 1.97 mm, which is why the centroid bound went back from 0.55 to 0.6:
+the smoothing trades centroid precision for field error, folding and TIA, model card); untrained: 7.85 and 4.09 mm.
+Storage: large tensors float16, the field within 2.7e-5 of its max of a float32 twin.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from corx.registration.backends import DEFAULT_CHECKPOINT
 
 UNSEEN_SEED, INDEX = 7, 2
 KIDNEY_ERROR_RATIO = 0.45  # trained kidney SPECT-field error / identity's must be below this
-CENTROID_ERROR_RATIO = 0.55  # trained tumour centroid error / identity's must be below this
+CENTROID_ERROR_RATIO = 0.6  # trained tumour centroid error / identity's must be below this
+SHIPPED_DENSE_SMOOTHING = 2.0  # voxels (model card, "Smoothing the dense field")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,8 @@ def test_weights_are_shipped_small_listed_and_load(method: str) -> None:
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry[1], f"{path}: sha256 differs from large_files.yml"
     net = load_network(path, variant=NETWORK_VARIANTS[method])  # strict: every tensor of the variant matches
     assert all(bool(p.detach().isfinite().all()) for p in net.parameters())
+    if method == "corx":  # the dense-field smoothing chosen on internal validation travels with the weights
+        assert float(net.dense_smoothing.smoothing_sigma) == SHIPPED_DENSE_SMOOTHING
 
 
 @pytest.mark.slow
