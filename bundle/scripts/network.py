@@ -493,7 +493,20 @@ def warp_voxels(image: Tensor, displacement: Tensor) -> Tensor:
     return F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-class AffineHead(nn.Module):
+class _StoredSettings(nn.Module):
+    """A module whose run settings are buffers in its weights, so that a file runs as it was trained or chosen.
+    ``LEGACY_SETTINGS`` gives each setting's value before it existed: weights saved earlier load with it (strict
+    loaders too)."""
+
+    LEGACY_SETTINGS: tuple[tuple[str, float], ...] = ()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name, value in self.LEGACY_SETTINGS:
+            state_dict.setdefault(prefix + name, torch.tensor(value, dtype=self.get_buffer(name).dtype))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class AffineHead(_StoredSettings):
     """Global affine displacement of the whole pair, from the four input images (an addition to the paper).
 
     The input ``(B, C, D, H, W)`` (fixed CT, moving CT, fixed SPECT, moving SPECT) is averaged down by ``pool``,
@@ -511,6 +524,8 @@ class AffineHead(nn.Module):
     number is stored in the weights as the buffer ``passes``, so that a file always runs as it was trained; weights
     saved before the option load as one pass.
     """
+
+    LEGACY_SETTINGS = (("passes", 1),)  # weights saved before the option were trained (and benchmarked) as one pass
 
     def __init__(self, in_channels: int = 4, channels: Sequence[int] = (16, 32, 64, 128), hidden: int = 128,
                  pool: int = 2, passes: int = 1) -> None:
@@ -531,11 +546,6 @@ class AffineHead(nn.Module):
         if not 1 <= int(passes) <= MAX_AFFINE_PASSES:
             raise ValueError(f"AffineHead: passes must be in [1, {MAX_AFFINE_PASSES}], got {passes}")
         self.register_buffer("passes", torch.tensor(int(passes), dtype=torch.int64))
-
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # weights saved before the ``passes`` option were trained (and benchmarked) as one pass
-        state_dict.setdefault(prefix + "passes", torch.tensor(1, dtype=torch.int64))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def parameters_of(self, x: Tensor) -> Tensor:
         """(B, C, D, H, W) images -> (B, 12) affine parameters (see :func:`affine_displacement`)."""
@@ -564,7 +574,7 @@ class AffineHead(nn.Module):
         return affine_displacement(self.parameters_of(x), [x.shape[2], x.shape[3], x.shape[4]])
 
 
-class FieldSmoothing(nn.Module):
+class FieldSmoothing(_StoredSettings):
     """Gaussian smoothing of a ``(B, C, D, H, W)`` field, ``sigma`` voxels wide (0 = off; an addition to the paper).
 
     Separable: one 1-D convolution per axis, the kernel truncated at ``round(3 sigma)`` voxels and normalised, the
@@ -573,16 +583,13 @@ class FieldSmoothing(nn.Module):
     for it; weights saved before the option load unsmoothed, as they were trained and benchmarked.
     """
 
+    LEGACY_SETTINGS = (("smoothing_sigma", 0.0),)  # weights saved before the option ran unsmoothed
+
     def __init__(self, sigma: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= float(sigma) <= MAX_SMOOTHING_SIGMA:
             raise ValueError(f"FieldSmoothing: sigma must be in [0, {MAX_SMOOTHING_SIGMA}] voxels, got {sigma}")
         self.register_buffer("smoothing_sigma", torch.tensor(float(sigma), dtype=torch.float32))
-
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # weights saved before the option ran without smoothing
-        state_dict.setdefault(prefix + "smoothing_sigma", torch.tensor(0.0, dtype=torch.float32))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, field: Tensor) -> Tensor:
         sigma = float(self.smoothing_sigma)
