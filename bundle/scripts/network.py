@@ -577,10 +577,11 @@ class AffineHead(_StoredSettings):
 class FieldSmoothing(_StoredSettings):
     """Gaussian smoothing of a ``(B, C, D, H, W)`` field, ``sigma`` voxels wide (0 = off; an addition to the paper).
 
-    Separable: one 1-D convolution per axis, the kernel truncated at ``round(3 sigma)`` voxels and normalised, the
-    border replicated (``scipy.ndimage.gaussian_filter(..., mode="nearest", truncate=3)``). Without parameters;
-    ``sigma`` is the buffer ``smoothing_sigma``, stored in the weights, so a file always runs with the width chosen
-    for it; weights saved before the option load unsmoothed, as they were trained and benchmarked.
+    Separable: one 1-D convolution per axis (a banded matrix product), the kernel truncated at ``round(3 sigma)``
+    voxels and normalised, the border replicated (``scipy.ndimage.gaussian_filter(..., mode="nearest",
+    truncate=3)``). Without parameters; ``sigma`` is the buffer ``smoothing_sigma``, stored in the weights, so a
+    file always runs with the width chosen for it; weights saved before the option load unsmoothed, as they were
+    trained and benchmarked.
     """
 
     LEGACY_SETTINGS = (("smoothing_sigma", 0.0),)  # weights saved before the option ran unsmoothed
@@ -596,19 +597,23 @@ class FieldSmoothing(_StoredSettings):
         if sigma <= 0.0:
             return field
         radius = int(3.0 * sigma + 0.5)
-        taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=field.device)
-        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-        kernel = (kernel / kernel.sum()).to(field.dtype)
-        size = [field.shape[0], field.shape[1], field.shape[2], field.shape[3], field.shape[4]]
-        out = field.reshape(size[0] * size[1], 1, size[2], size[3], size[4])  # every component on its own
-        for axis in range(3):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + axis] = 2 * radius + 1
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[4 - 2 * axis] = radius
-            pad[5 - 2 * axis] = radius
-            out = F.conv3d(F.pad(out, pad, mode="replicate"), kernel.view(shape))
-        return out.reshape(size)
+        offsets = torch.arange(-radius, radius + 1, device=field.device)
+        kernel = torch.exp(-0.5 * (offsets.float() / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        out = field
+        for dim in (2, 3, 4):
+            out = torch.matmul(out.movedim(dim, 4), _replicated_band(kernel, offsets, out.shape[dim]).to(out.dtype))
+            out = out.movedim(4, dim)  # positive axes: ONNX Transpose takes no negative ones
+        return out
+
+
+def _replicated_band(kernel: Tensor, offsets: Tensor, n: int) -> Tensor:
+    """(n, n) matrix ``B`` with ``(x @ B)[i] = sum_k kernel[k] x[clamp(i + offsets[k], 0, n - 1)]``: a 1-D convolution
+    with replicated borders as one matrix product (on a CPU ~10x faster than three 1-D ``conv3d`` passes)."""
+    index = torch.arange(n, device=kernel.device)
+    source = (index[:, None] + offsets[None, :]).clamp(0, n - 1)  # (n outputs, taps): the voxel each tap reads
+    weights = (source[:, :, None] == index[None, None, :]).to(kernel.dtype) * kernel[None, :, None]
+    return weights.sum(dim=1).t()  # [source voxel, output voxel]
 
 
 def _registration_head(in_channels: int) -> nn.Conv3d:
