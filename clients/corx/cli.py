@@ -90,7 +90,7 @@ class Commands:
             method: 'corx' (CoRX-NET), 'identity' (no registration), 'elastix' or 'elastix-spect'.
             server: Triton server URL (host:port); default: in-process PyTorch (bundle/models/model.pt).
             protocol: 'http' or 'grpc' (with --server).
-            refine: N Adam steps of test-time optimisation of each field (in-process only).
+            refine: N gradient steps of test-time optimisation of each field (in-process only).
             refine_coarsen: evaluate the refinement loss on the pair averaged down by this factor (2: ~8x cheaper
                 per step; README "Pipeline speed" gives its measured effect).
             random_init: freshly initialised network weights (no trained model; near-identity registration).

@@ -7,7 +7,7 @@
   bundle/models/transmorph/model.pt, bundle/models/corx_nocs/model.pt and bundle/models/model.pt; when a file is
   missing the network runs with freshly initialised weights (seeded), is reported as "untrained" and a warning
   says so (TransMorph's file is kept in git history: ``make weights`` restores it);
-- ``<network>+refine<N>`` (e.g. ``corx+refine50``): the network's field, then N Adam steps of the hybrid loss on
+- ``<network>+refine<N>`` (e.g. ``corx+refine50``): the network's field, then N gradient steps of the hybrid loss on
   the pair (test-time instance optimisation, :func:`corx.registration.refine.refine_field`, as ``--refine N``);
 - ``<network>@<tag>=<weights>`` (e.g. ``corx@affine=bundle/runs/cpu_affine/models/model.pt``): the network with
   other weights (a training candidate), reported as ``<network>@<tag>`` beside the shipped one;

@@ -7,7 +7,7 @@ shared by every pair of the patient) and returns a pull-back field in voxels of 
   on the network grid (the reference SPECT at the network spacing, cropped/padded to the network size).
 - ``identity``: no registration, a zero field on the fixed SPECT grid (no preprocessing needed).
 - ``elastix`` / ``elastix-spect``: itk-elastix (CT-driven / SPECT-driven), on the network grid.
-- ``<method>+refine<N>``: :class:`RefinedMethod`, the method's field then N Adam steps of the hybrid loss on the
+- ``<method>+refine<N>``: :class:`RefinedMethod`, the method's field then N gradient steps of the hybrid loss on the
   pair (test-time instance optimisation, :func:`corx.registration.refine.refine_field`).
 
 ``info["seconds"]`` is the method's own work on one pair (network forward; Elastix registration and the
@@ -199,8 +199,8 @@ class ElastixMethod:
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """Test-time refinement: Adam ``steps`` with learning rate ``lr`` (network voxels per step), the loss
-    evaluated on the pair averaged down by ``coarsen`` per axis."""
+    """Test-time refinement: ``steps`` gradient steps (the first moves a control point at most ``lr`` network
+    voxels), the loss evaluated on the pair averaged down by ``coarsen`` per axis."""
 
     steps: int
     lr: float | None = None  # None: corx.registration.refine.DEFAULT_LR
