@@ -369,11 +369,21 @@ def test_refinement_leaves_signal_free_regions_where_they_are() -> None:
         f[edge:] = 0.5 + 1e-3 * rng.standard_normal((n - edge, n, n)).astype(np.float32)
         images += [f, np.roll(f, 2, axis=0)]
     image = np.stack([images[0], images[1], images[2], images[3]])
-    result = refine_field(image, np.zeros((3, n, n, n), np.float32), 8)
+    result = refine_field(image, np.zeros((3, n, n, n), np.float32), 8, coarsen=1)  # LNCC window: 9 voxels
     assert result.loss_after < result.loss_before
     assert result.field[0, :edge].mean() > DEFAULT_LR  # the structured part is moved towards the shift
     # x >= 24 depends only on control planes over the flat part: they stay within a few hundredths of a voxel
     assert np.abs(result.field[:, 24:]).max() < 0.05
+
+
+def test_the_command_line_refines_on_the_coarsened_pair_by_default() -> None:
+    import inspect
+
+    from corx.cli import Commands
+    from corx.registration.refine import DEFAULT_COARSEN
+
+    default = inspect.signature(Commands.pipeline).parameters["refine_coarsen"].default
+    assert default == DEFAULT_COARSEN == 2
 
 
 def test_a_network_made_in_the_background_reports_its_error_when_used() -> None:

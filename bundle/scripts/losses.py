@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
 from monai.networks.blocks import Warp
+from monai.networks.layers import separable_filtering
 from torch import nn
 
 # channels of the network input and of the loss target: fixed CT, moving CT, fixed SPECT, moving SPECT
@@ -73,3 +74,49 @@ class HybridRegistrationLoss(nn.Module):
         moving_fov = images[:, N_IMAGES + moving_c : N_IMAGES + moving_c + 1]
         overlap = images[:, N_IMAGES + fixed_c : N_IMAGES + fixed_c + 1] * self.warp_mask(moving_fov, ddf)
         return warped, fixed, overlap.detach()
+
+
+class PairBoundLoss(nn.Module):
+    """A :class:`HybridRegistrationLoss` bound to one 4-channel pair, for many fields (test-time refinement).
+
+    ``forward(ddf)`` equals ``loss(ddf, images)`` (same formula, MONAI's LNCC written out) but costs less per
+    call: the fixed SPECT's local sums are computed once (they do not depend on the field), the moving CT and SPECT
+    are warped in one call, and the three local sums that do depend on the field are filtered in one call.
+    """
+
+    def __init__(self, loss: HybridRegistrationLoss, images: torch.Tensor) -> None:
+        super().__init__()
+        if images.ndim != 5 or images.shape[1] != N_IMAGES:
+            raise ValueError(f"PairBoundLoss needs (B, {N_IMAGES}, D, H, W) images without field-of-view masks, "
+                             f"got {tuple(images.shape)}")
+        self.loss = loss
+        images = images.detach().float()
+        self.fixed_ct = images[:, FIXED_CT : FIXED_CT + 1]
+        self.fixed_spect = images[:, FIXED_SPECT : FIXED_SPECT + 1]
+        self.moving = images[:, [MOVING_CT, MOVING_SPECT]]
+        lncc = loss.lncc
+        self.kernels = [lncc.kernel.to(images)] * 3
+        self.kernel_vol = lncc.kernel_vol.to(images)
+        self.smooth_nr, self.smooth_dr = float(lncc.smooth_nr), float(lncc.smooth_dr)
+        t = self.fixed_spect
+        self.t_sum, t2_sum = separable_filtering(torch.cat([t, t * t], dim=1), self.kernels).split(1, dim=1)
+        self.t_var = torch.clamp_min(t2_sum - self.t_sum / self.kernel_vol * self.t_sum, self.smooth_dr)
+
+    def forward(self, ddf: torch.Tensor) -> torch.Tensor:
+        if ddf.shape[1] != 3 or ddf.shape[2:] != self.moving.shape[2:]:
+            raise ValueError(f"expected ddf (B, 3, *{tuple(self.moving.shape[2:])}), got {tuple(ddf.shape)}")
+        loss = self.loss
+        warped_ct, warped_spect = loss.warp(self.moving, ddf.float()).split(1, dim=1)
+        total = loss.reg_weight * loss.diffusion(ddf.float())
+        if loss.ct_weight:
+            total = total + loss.ct_weight * torch.mean((warped_ct - self.fixed_ct) ** 2)
+        if loss.spect_weight:
+            p, t = warped_spect, self.fixed_spect
+            p_sum, p2_sum, tp_sum = separable_filtering(torch.cat([p, p * p, p * t], dim=1),
+                                                        self.kernels).split(1, dim=1)
+            p_avg = p_sum / self.kernel_vol
+            cross = tp_sum - p_avg * self.t_sum
+            p_var = torch.clamp_min(p2_sum - p_avg * p_sum, self.smooth_dr)
+            ncc = (cross * cross + self.smooth_nr) / (self.t_var * p_var)
+            total = total - loss.spect_weight * torch.mean(ncc)
+        return total

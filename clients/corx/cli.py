@@ -83,7 +83,7 @@ class Commands:
     def pipeline(self, manifest: str, out: str, method: str = "corx", server: str | None = None,
                  protocol: str = "http", refine: int = 0, checkpoint: str | None = None, random_init: bool = False,
                  point: str | None = None, overwrite: bool = False, radiobiology: str | None = None,
-                 dose: str = "dvk", precision: str = "fp32", refine_coarsen: int = 1) -> None:
+                 dose: str = "dvk", precision: str = "fp32", refine_coarsen: int = 2) -> None:
         """Register every time point to the reference, then TIA, dose, VOI table, figures and report.html in OUT.
 
         Args:
@@ -91,8 +91,8 @@ class Commands:
             server: Triton server URL (host:port); default: in-process PyTorch (bundle/models/model.pt).
             protocol: 'http' or 'grpc' (with --server).
             refine: N gradient steps of test-time optimisation of each field (in-process only).
-            refine_coarsen: evaluate the refinement loss on the pair averaged down by this factor (2: ~8x cheaper
-                per step; README "Pipeline speed" gives its measured effect).
+            refine_coarsen: evaluate the refinement loss on the pair averaged down by this factor (default 2:
+                ~8x cheaper per step than 1; README "Pipeline speed" gives its measured effect).
             random_init: freshly initialised network weights (no trained model; near-identity registration).
             point: 'i,j,k' reference SPECT voxel for the profiles (default: the hottest tumour-like spot).
             radiobiology: JSON file overriding the BED tissue parameters (layout of corx/data/radiobiology.json).

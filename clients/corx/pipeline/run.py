@@ -71,6 +71,7 @@ from ..registration.methods import (
     refine_grid_field,
 )
 from ..registration.preprocess import PreprocessConfig
+from ..registration.refine import DEFAULT_COARSEN
 from ..registration.register import check_backend_shape
 from ..report.figures import FigureData, preload_plotting, render_all
 from ..report.hotspot import hot_spot, parse_point
@@ -146,7 +147,7 @@ class _TimePointResult:
 
 
 def _check_options(method: str | Method, server: str | None, protocol: str, refine: int,
-                   precision: str = "fp32", refine_coarsen: int = 1) -> None:
+                   precision: str = "fp32", refine_coarsen: int = DEFAULT_COARSEN) -> None:
     if isinstance(method, str) and method not in METHODS:
         raise CorxError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
     if protocol not in PROTOCOLS:
@@ -432,7 +433,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
                  threads: int | None = None, progress: bool = True, quiet: bool = False,
                  warnings: Sequence[str] = (), radiobiology: str | os.PathLike | None = None,
                  dose_mode: str = DEFAULT_DOSE_MODE, precision: str = "fp32",
-                 refine_coarsen: int = 1) -> PipelineResult:
+                 refine_coarsen: int = DEFAULT_COARSEN) -> PipelineResult:
     """Run the whole pipeline for one patient into ``out`` (see the module and README "Pipeline").
 
     ``method`` is a name (:data:`corx.registration.methods.METHODS`) or a :class:`~corx.registration.methods.Method`
@@ -574,7 +575,7 @@ def pipeline_command(manifest: str, out: str, method: str = "corx", server: str 
                      protocol: str = "http", refine: int = 0, checkpoint: str | None = None,
                      random_init: bool = False, point: object = None, overwrite: bool = False,
                      radiobiology: str | None = None, dose: str = DEFAULT_DOSE_MODE,
-                     precision: str = "fp32", refine_coarsen: int = 1) -> PipelineResult:
+                     precision: str = "fp32", refine_coarsen: int = DEFAULT_COARSEN) -> PipelineResult:
     """The `corx pipeline` command line."""
     return run_pipeline(manifest, out, method=method, server=server, protocol=protocol, refine=refine,
                         overwrite=overwrite, checkpoint=checkpoint, random_init=random_init, point=point,

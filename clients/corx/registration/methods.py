@@ -32,6 +32,7 @@ from ..io.volume import Volume
 from .backends import Backend
 from .elastix import ElastixSettings, elastix_field, require_itk
 from .preprocess import PreparedPair, PreparedReference, PreprocessConfig, prepare_moving, prepare_reference
+from .refine import DEFAULT_COARSEN, DEFAULT_LR, DEFAULT_STRIDE, refine_field
 
 METHODS = ("corx", "identity", "elastix", "elastix-spect")
 
@@ -204,7 +205,7 @@ class RefineOptions:
 
     steps: int
     lr: float | None = None  # None: corx.registration.refine.DEFAULT_LR
-    coarsen: int = 1
+    coarsen: int = DEFAULT_COARSEN
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -215,16 +216,12 @@ class RefineOptions:
     @property
     def learning_rate(self) -> float:
         """``lr``, or the default of :mod:`corx.registration.refine` when it is None."""
-        from .refine import DEFAULT_LR
-
         return DEFAULT_LR if self.lr is None else float(self.lr)
 
 
 def refine_grid_field(pair: PairInput, gf: GridField, options: RefineOptions) -> GridField:
     """``gf`` (moved onto the network grid) refined on the pair; ``info`` gains ``refine_*`` (seconds, steps,
     coarsen, loss_before, loss_after) and its ``seconds`` include the refinement."""
-    from .refine import refine_field
-
     start = time.perf_counter()
     prepared = pair.prepared
     r = refine_field(prepared.image, pair.on_network_grid(gf), options.steps, options.learning_rate,
@@ -245,12 +242,9 @@ class RefinedMethod:
         self.status = base.status
 
     def settings(self) -> dict[str, Any]:
-        from .refine import DEFAULT_STRIDE
-
         refine: dict[str, Any] = {"steps": self.options.steps, "lr": self.options.learning_rate,
                                   "stride": DEFAULT_STRIDE}
-        if self.options.coarsen != 1:
-            refine["coarsen"] = self.options.coarsen
+        refine["coarsen"] = self.options.coarsen
         return {**self.base.settings(), "refine": refine}
 
     def parameters(self) -> int | None:
