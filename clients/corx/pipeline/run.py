@@ -71,7 +71,7 @@ from ..registration.methods import (
     refine_grid_field,
 )
 from ..registration.preprocess import PreprocessConfig
-from ..registration.refine import DEFAULT_COARSEN
+from ..registration.refine import DEFAULT_COARSEN, preload_refinement
 from ..registration.register import check_backend_shape
 from ..report.figures import FigureData, preload_plotting, render_all
 from ..report.hotspot import hot_spot, parse_point
@@ -265,6 +265,8 @@ class _Run:
             self.body = self.ct_ref_grid > -500.0
         self._prefetch_next()
         submit(preload_plotting)  # the figures come last; their imports need not wait until then
+        if self.refine is not None:
+            submit(preload_refinement)  # MONAI's loss modules (~3 s to import), before the first refinement
 
     def register(self, tp: TimePoint) -> tuple[GridField | None, Volume, Volume, dict[str, Any] | None]:
         if tp.id == self.m.reference:

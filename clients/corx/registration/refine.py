@@ -21,6 +21,7 @@ at 0.1 (chosen there) lowers body, kidney and tumour error and the tumour centro
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,13 @@ from ..errors import CorxError
 DEFAULT_LR = 0.1  # network voxels: the largest move of a control point in the first step
 DEFAULT_COARSEN = 2  # the loss on the pair averaged down by 2 per axis (about 8x cheaper per step)
 DEFAULT_STRIDE = 8  # network voxels between control points
+
+
+def preload_refinement() -> None:
+    """Import torch and the bundle's loss (MONAI) now; the pipeline does it on a worker thread when --refine is set.
+    Without torch nothing happens here: :func:`refine_field` then reports what is missing."""
+    with contextlib.suppress(ImportError):
+        import corx_bundle.scripts.losses  # noqa: F401
 
 
 @dataclass(frozen=True)
