@@ -368,7 +368,7 @@ def test_refinement_leaves_signal_free_regions_where_they_are() -> None:
         f = (f - f.min()) / (f.max() - f.min())
         f[edge:] = 0.5 + 1e-3 * rng.standard_normal((n - edge, n, n)).astype(np.float32)
         images += [f, np.roll(f, 2, axis=0)]
-    image = np.stack([images[0], images[1], images[2], images[3]])
+    image = np.stack(images)  # fixed CT, moving CT, fixed SPECT, moving SPECT
     result = refine_field(image, np.zeros((3, n, n, n), np.float32), 8, coarsen=1)  # LNCC window: 9 voxels
     assert result.loss_after < result.loss_before
     assert result.field[0, :edge].mean() > DEFAULT_LR  # the structured part is moved towards the shift

@@ -105,9 +105,9 @@ class PairBoundLoss(nn.Module):
     def forward(self, ddf: torch.Tensor) -> torch.Tensor:
         if ddf.shape[1] != 3 or ddf.shape[2:] != self.moving.shape[2:]:
             raise ValueError(f"expected ddf (B, 3, *{tuple(self.moving.shape[2:])}), got {tuple(ddf.shape)}")
-        loss = self.loss
-        warped_ct, warped_spect = loss.warp(self.moving, ddf.float()).split(1, dim=1)
-        total = loss.reg_weight * loss.diffusion(ddf.float())
+        loss, ddf = self.loss, ddf.float()
+        warped_ct, warped_spect = loss.warp(self.moving, ddf).split(1, dim=1)
+        total = loss.reg_weight * loss.diffusion(ddf)
         if loss.ct_weight:
             total = total + loss.ct_weight * torch.mean((warped_ct - self.fixed_ct) ** 2)
         if loss.spect_weight:

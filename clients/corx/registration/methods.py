@@ -242,9 +242,8 @@ class RefinedMethod:
         self.status = base.status
 
     def settings(self) -> dict[str, Any]:
-        refine: dict[str, Any] = {"steps": self.options.steps, "lr": self.options.learning_rate,
-                                  "stride": DEFAULT_STRIDE}
-        refine["coarsen"] = self.options.coarsen
+        refine = {"steps": self.options.steps, "lr": self.options.learning_rate, "stride": DEFAULT_STRIDE,
+                  "coarsen": self.options.coarsen}
         return {**self.base.settings(), "refine": refine}
 
     def parameters(self) -> int | None:
