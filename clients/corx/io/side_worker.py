@@ -46,3 +46,7 @@ def serve(modules: list[str]) -> None:
 
 if __name__ == "__main__":
     serve(sys.argv[1:])
+    # every answer was flushed and every call closed its files: skip the interpreter's teardown of the imported
+    # modules (0.6-1.3 s that the caller's close() would wait for)
+    sys.stderr.flush()
+    os._exit(0)
