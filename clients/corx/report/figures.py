@@ -124,6 +124,16 @@ def _save(fig: Any, target: Path) -> None:
     _plt().close(fig)
 
 
+def _fixed_layout(fig: Any, margins_in: tuple[float, float, float, float], wspace: float, hspace: float) -> None:
+    """Grid of image panels placed by fixed margins (left, right, bottom, top; inches) and gaps (fractions of a
+    panel): what ``tight_layout`` finds for these figures (their text is the same whatever the data), without its
+    cost of measuring every title and tick label (about 0.2 s per figure)."""
+    width, height = fig.get_size_inches()
+    left, right, bottom, top = margins_in
+    fig.subplots_adjust(left=left / width, right=1.0 - right / width, bottom=bottom / height, top=1.0 - top / height,
+                        wspace=wspace, hspace=hspace)
+
+
 def _norm_ct(img: np.ndarray) -> np.ndarray:
     lo, hi = CT_WINDOW_HU
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
@@ -187,7 +197,7 @@ def overlay_figure(d: FigureData, tid: str, target: Path) -> Path:
         axes[row, 0].text(0.95, 0.5, "L", color="yellow", transform=axes[row, 0].transAxes, fontsize=9)
     fig.suptitle(f"{d.patient_id}: {tid} registered to the reference {ref} ({d.method}); green = reference "
                  f"{ref}, magenta = {tid}, grey/white = aligned", fontsize=10)
-    fig.tight_layout()
+    _fixed_layout(fig, (0.15, 0.15, 0.15, 0.5), wspace=0.05, hspace=0.12)
     _save(fig, target)
     return target
 
@@ -239,7 +249,7 @@ def fields_figure(d: FigureData, target: Path) -> Path:
             _off(axes[row, col])
     fig.suptitle(f"{d.patient_id}: displacement fields on the reference {d.reference} SPECT grid, coronal, "
                  f"{d.method}", fontsize=10)
-    fig.tight_layout()
+    _fixed_layout(fig, (0.15, 0.6, 0.15, 0.6), wspace=0.05, hspace=0.1)
     _save(fig, target)
     return target
 
@@ -339,7 +349,7 @@ def tia_figure(d: FigureData, target: Path) -> Path:
     fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles), title="TIA rule", title_fontsize=8)
     fig.suptitle(f"{d.patient_id}: voxel TIA on the reference {d.reference} SPECT grid ({d.method}); "
                  f"time points {', '.join(d.ids)}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _fixed_layout(fig, (0.15, 0.6, 0.75, 0.5), wspace=0.25, hspace=0.1)
     _save(fig, target)
     return target
 
