@@ -20,6 +20,11 @@ def test_schneider_table_nodes_interpolation_and_clamping() -> None:
     assert hu_to_density(np.array([-2000.0, 5000.0])).tolist() == pytest.approx([0.00121, 2.8])
     assert hu_to_density(np.array([0.0]))[0] == pytest.approx(0.9305 + 97 / 111 * (1.03 - 0.9305), rel=1e-6)
     assert hu_to_density(np.array([850.5]))[0] == pytest.approx((1.0762 + 1.9642) / 2, rel=1e-6)
+    hu = np.random.default_rng(0).uniform(-1100, 3100, (9, 7, 5)).astype(np.float32)
+    fortran = hu_to_density(np.asfortranarray(hu))  # a NIfTI CT's layout: kept, same values voxel for voxel
+    assert fortran.flags.f_contiguous and fortran.dtype == np.float32
+    np.testing.assert_array_equal(fortran, hu_to_density(hu))
+    np.testing.assert_allclose(hu_to_density(hu), np.interp(hu, SCHNEIDER_HU, SCHNEIDER_DENSITY), rtol=1e-6)
 
 
 def test_uniform_tia_in_water_matches_hand_calculation() -> None:

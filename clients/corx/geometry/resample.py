@@ -16,7 +16,14 @@ def affine_resample(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[i
     Axis-aligned mappings (scaling and shift only: grids of one orientation) take scipy's separable
     zoom-and-shift path, which gives the same values as the general path at less cost. The output has the
     input's dtype; scipy interpolates in float64 internally. ``mode``/``cval`` as in scipy.ndimage.
+    An interpolated (``order`` >= 1) Fortran-ordered input (what nibabel reads from NIfTI) is read through its
+    C-ordered transpose (:func:`reversed_axes`): the same values to float rounding, 2.7x faster for a CT than
+    scipy's strided walk over it; the output is C-ordered either way. Nearest neighbour (labels) is left alone:
+    there a last-bit change of a coordinate can flip a tie at .5 to the other voxel.
     """
+    if order >= 1 and reversed_axes(data):
+        flipped = affine_resample(data.T, reverse_mapping(mapping), tuple(output_shape)[::-1], order, mode, cval)
+        return np.ascontiguousarray(flipped.T)
     m = np.asarray(mapping, dtype=np.float64)
     matrix, offset = m[:3, :3], m[:3, 3]
     off_diagonal = matrix - np.diag(np.diag(matrix))
@@ -24,6 +31,19 @@ def affine_resample(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[i
         matrix = np.diag(matrix).copy()
     return ndimage.affine_transform(data, matrix, offset=offset, output_shape=tuple(int(s) for s in output_shape),
                                     order=order, mode=mode, cval=cval, prefilter=False)
+
+
+def reversed_axes(data: np.ndarray) -> bool:
+    """True for a 3-D array laid out in Fortran order only (its transpose is C-contiguous): scipy.ndimage
+    walks the input in C order, so it is faster on the transpose with the mapping's axes reversed."""
+    return data.ndim == 3 and data.flags.f_contiguous and not data.flags.c_contiguous
+
+
+def reverse_mapping(mapping: np.ndarray) -> np.ndarray:
+    """A 4x4 voxel mapping between 3-D grids with both grids' axes reversed (for the transposed arrays)."""
+    m = np.asarray(mapping, dtype=np.float64)
+    order = [2, 1, 0, 3]
+    return m[np.ix_(order, order)]
 
 
 def resample_to_grid(data: np.ndarray, affine: np.ndarray, target_shape: tuple[int, ...],
