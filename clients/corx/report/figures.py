@@ -32,6 +32,9 @@ CT_WINDOW_HU = (-350.0, 450.0)
 RULE_COLOURS = ("#000000", "#2c7bb6", "#fdae61", "#d7191c", "#abd9e9", "#1a9641", "#a6d96a")  # by TiaRule
 RULE_LABELS = tuple(RULE_SHORT[rule] for rule in sorted(RULE_SHORT))
 DPI = 80
+#: zlib level of the PNGs: 1 encodes the seven figures in about 0.3 s instead of 0.6 s (Pillow's default, 6), for
+#: files 7-16 % larger (measured on the internal phantom's report figures)
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass
@@ -115,12 +118,16 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, target: Path) -> None:
+def _write_png(fig: Any, target: Path) -> None:
     from ..io.imageio import atomic_path
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+
+
+def _save(fig: Any, target: Path) -> None:
+    _write_png(fig, target)
     _plt().close(fig)
 
 
@@ -164,47 +171,65 @@ def _off(ax: Any) -> None:
     ax.set_yticks([])
 
 
-def overlay_figure(d: FigureData, tid: str, target: Path) -> Path:
-    """Before/after colour overlays of one time point against the reference (coronal and axial)."""
+def overlay_figures(d: FigureData, targets: dict[str, Path]) -> list[Path]:
+    """Before/after colour overlays of each time point in ``targets`` against the reference (coronal and axial).
+
+    One figure is laid out once; for each time point its pixels, scale and title are replaced before it is saved
+    (the same PNG as a fresh figure, without building ten panels again: about 0.1 s per time point).
+    """
+    if not targets:
+        return []
     plt = _plt()
     disp = Display(d.tia.shape, d.affine)
-    p = disp.point(d.point)
+    views = disp.views(disp.point(d.point))
     ref = d.reference
     ct_ref, sp_ref = disp.vol(d.ct_after[ref]), disp.vol(d.spect_after[ref])
-    ct_b, ct_a = disp.vol(d.ct_before[tid]), disp.vol(d.ct_after[tid])
-    sp_b, sp_a = disp.vol(d.spect_before[tid]), disp.vol(d.spect_after[tid])
-    v_ref, v_mov = _spect_scale(d.spect_after[ref]), _spect_scale(d.spect_before[tid])
+    v_ref = _spect_scale(d.spect_after[ref])
     titles = ("CT before", "CT after", "SPECT before", "SPECT after", "registered SPECT on CT")
     fig, axes = plt.subplots(2, 5, figsize=(15.5, 7.4), squeeze=False)
-    for row, (name, cut, aspect, rc) in enumerate(disp.views(p)):
-        panels = [
-            _composite(_norm_ct(cut(ct_ref)), _norm_ct(cut(ct_b))),
-            _composite(_norm_ct(cut(ct_ref)), _norm_ct(cut(ct_a))),
-            _composite(_norm_spect(cut(sp_ref), v_ref), _norm_spect(cut(sp_b), v_mov)),
-            _composite(_norm_spect(cut(sp_ref), v_ref), _norm_spect(cut(sp_a), v_mov)),
-        ]
-        for col, img in enumerate(panels):
-            axes[row, col].imshow(img, aspect=aspect, interpolation="nearest")
-        ax = axes[row, 4]
-        ax.imshow(cut(ct_a), cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], aspect=aspect)
-        sp = cut(sp_a)
-        ax.imshow(np.ma.masked_less(sp, 0.2 * v_mov), cmap="hot", vmin=0, vmax=v_mov, alpha=0.6, aspect=aspect)
-        for col in range(5):
-            _cross(axes[row, col], rc)
-            _off(axes[row, col])
-            axes[row, col].set_title(f"{titles[col]} ({name})", fontsize=9)
-        axes[row, 0].text(0.02, 0.5, "R", color="yellow", transform=axes[row, 0].transAxes, fontsize=9)
-        axes[row, 0].text(0.95, 0.5, "L", color="yellow", transform=axes[row, 0].transAxes, fontsize=9)
-    fig.suptitle(f"{d.patient_id}: {tid} registered to the reference {ref} ({d.method}); green = reference "
-                 f"{ref}, magenta = {tid}, grey/white = aligned", fontsize=10)
-    _fixed_layout(fig, (0.15, 0.15, 0.15, 0.5), wspace=0.05, hspace=0.12)
-    _save(fig, target)
-    return target
+    shown: list[list[Any]] = [[] for _ in views]  # per row: the four overlays, then the fused CT and SPECT
+    for tid, target in targets.items():
+        ct_b, ct_a = disp.vol(d.ct_before[tid]), disp.vol(d.ct_after[tid])
+        sp_b, sp_a = disp.vol(d.spect_before[tid]), disp.vol(d.spect_after[tid])
+        v_mov = _spect_scale(d.spect_before[tid])
+        for row, (name, cut, aspect, rc) in enumerate(views):
+            fused_spect = np.ma.masked_less(cut(sp_a), 0.2 * v_mov)
+            pixels = [
+                _composite(_norm_ct(cut(ct_ref)), _norm_ct(cut(ct_b))),
+                _composite(_norm_ct(cut(ct_ref)), _norm_ct(cut(ct_a))),
+                _composite(_norm_spect(cut(sp_ref), v_ref), _norm_spect(cut(sp_b), v_mov)),
+                _composite(_norm_spect(cut(sp_ref), v_ref), _norm_spect(cut(sp_a), v_mov)),
+                cut(ct_a), fused_spect,
+            ]
+            if shown[row]:
+                for image, data in zip(shown[row], pixels, strict=True):
+                    image.set_data(data)
+                shown[row][-1].set_clim(0, v_mov)
+                continue
+            shown[row] = [axes[row, col].imshow(img, aspect=aspect, interpolation="nearest")
+                          for col, img in enumerate(pixels[:4])]
+            ax = axes[row, 4]
+            shown[row].append(ax.imshow(pixels[4], cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1],
+                                        aspect=aspect))
+            shown[row].append(ax.imshow(fused_spect, cmap="hot", vmin=0, vmax=v_mov, alpha=0.6, aspect=aspect))
+            for col in range(5):
+                _cross(axes[row, col], rc)
+                _off(axes[row, col])
+                axes[row, col].set_title(f"{titles[col]} ({name})", fontsize=9)
+            axes[row, 0].text(0.02, 0.5, "R", color="yellow", transform=axes[row, 0].transAxes, fontsize=9)
+            axes[row, 0].text(0.95, 0.5, "L", color="yellow", transform=axes[row, 0].transAxes, fontsize=9)
+        fig.suptitle(f"{d.patient_id}: {tid} registered to the reference {ref} ({d.method}); green = reference "
+                     f"{ref}, magenta = {tid}, grey/white = aligned", fontsize=10)
+        _fixed_layout(fig, (0.15, 0.15, 0.15, 0.5), wspace=0.05, hspace=0.12)
+        _write_png(fig, target)
+    plt.close(fig)
+    return list(targets.values())
 
 
 def fields_figure(d: FigureData, target: Path) -> Path:
     """RGB |displacement|, deformed grid and Jacobian determinant (coronal), one row per moving time point."""
     plt = _plt()
+    from matplotlib.collections import LineCollection
     from matplotlib.colors import TwoSlopeNorm
 
     disp = Display(d.tia.shape, d.affine)
@@ -227,10 +252,10 @@ def fields_figure(d: FigureData, target: Path) -> Path:
         rows_n, cols_n = dc.shape
         step = max(2, min(rows_n, cols_n) // 16)
         rr, cc = np.mgrid[0:rows_n, 0:cols_n]
-        for r in range(0, rows_n, step):
-            ax.plot(cc[r] + dc[r], rr[r] + dr[r], color="k", lw=0.5)
-        for c in range(0, cols_n, step):
-            ax.plot(cc[:, c] + dc[:, c], rr[:, c] + dr[:, c], color="k", lw=0.5)
+        x, y = cc + dc, rr + dr
+        lines = [np.column_stack((x[r], y[r])) for r in range(0, rows_n, step)]
+        lines += [np.column_stack((x[:, c], y[:, c])) for c in range(0, cols_n, step)]
+        ax.add_collection(LineCollection(lines, colors="k", linewidths=0.5))  # one artist, not one per line
         ax.set_xlim(-0.5, cols_n - 0.5)
         ax.set_ylim(rows_n - 0.5, -0.5)
         ax.set_aspect(aspect)
@@ -300,7 +325,7 @@ def profiles_figure(d: FigureData, target: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=7, loc="upper right", ncol=1)
     fig.suptitle(f"{d.patient_id}: line profiles through voxel {tuple(d.point)} ({d.method})", fontsize=10)
-    fig.tight_layout()
+    _fixed_layout(fig, (0.15, 0.15, 0.6, 0.65), wspace=0.15, hspace=0.2)  # the profiles' y axes are 0-1
     _save(fig, target)
     return target
 
@@ -370,14 +395,14 @@ def dvh_figure(d: FigureData, target: Path) -> Path:
            xlim=(0, float(bins[-1])), title=f"{d.patient_id}: cumulative DVH per VOI ({d.method})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    _fixed_layout(fig, (0.72, 0.22, 0.6, 0.37), wspace=0.2, hspace=0.2)  # y axis 0-101 %: the same labels always
     _save(fig, target)
     return target
 
 
 def render_all(d: FigureData, folder: Path) -> list[Path]:
     """Write every figure into ``folder``; returns the paths in report order."""
-    paths = [overlay_figure(d, tid, folder / f"overlay_{tid}.png") for tid in d.ids if tid != d.reference]
+    paths = overlay_figures(d, {tid: folder / f"overlay_{tid}.png" for tid in d.ids if tid != d.reference})
     paths.append(fields_figure(d, folder / "fields.png"))
     paths.append(profiles_figure(d, folder / "profiles.png"))
     paths.append(tia_figure(d, folder / "tia_maps.png"))
