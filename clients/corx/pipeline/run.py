@@ -295,7 +295,9 @@ class _Run:
             # independent interpolations run at once (scipy releases the GIL); the reference's resampled images
             # were made when it was read; without a displacement the registered images are the resampled ones
             work: dict[str, Callable[[], np.ndarray]] = {
-                "jacobian": lambda: jacobian_determinant(u).astype(np.float32, copy=False)}
+                # the reference's zero field maps every voxel to itself: its Jacobian determinant is 1
+                "jacobian": ((lambda: np.ones(shape, np.float32)) if gf is None
+                             else lambda: jacobian_determinant(u).astype(np.float32, copy=False))}
             if tp.id != self.m.reference:
                 work["spect_before"] = lambda: self._on_grid(spect, 0.0)
                 work["ct_before"] = lambda: self._on_grid(ct, CT_OUTSIDE_HU)
