@@ -158,3 +158,29 @@ def test_dose_bad_inputs() -> None:
         dose_from_tia(tia, tia[:2])
     with pytest.raises(CorxError, match="min_density"):
         dose_from_tia(tia, tia, min_density=0.0)
+
+
+@pytest.mark.parametrize(("image_shape", "kernel_shape"), [((20, 17, 9), (5, 5, 5)), ((7, 9, 5), (4, 3, 6))])
+def test_fft_convolution_is_scipy_signals_same_mode(image_shape: tuple[int, ...],
+                                                    kernel_shape: tuple[int, ...]) -> None:
+    from scipy import signal
+
+    from corx.dosimetry.dose import fft_convolve_same
+
+    rng = np.random.default_rng(2)
+    image, kernel = rng.random(image_shape), rng.random(kernel_shape)
+    got = fft_convolve_same(image, kernel)
+    assert got.shape == image_shape
+    np.testing.assert_array_equal(got, signal.fftconvolve(image, kernel, mode="same"))
+
+
+def test_the_pipeline_and_its_writers_do_not_import_scipy_signal() -> None:
+    """scipy.signal (and the scipy.stats it pulls in) cost about 1 s of import in the CLI and in the side process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, corx.pipeline.run, corx.io.dicom_export, corx.io.rtstruct\n"
+            "print(sorted(m for m in ('scipy.signal', 'scipy.stats') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

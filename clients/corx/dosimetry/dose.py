@@ -17,7 +17,7 @@ body the density is floored at ``min_density`` (0.1 g/mL, below inflated lung): 
 cannot get a dose 800 times that of water. Activity outside the body (SPECT spill-out) is given no dose.
 
 Dose modes (``mode``): "led" (above, the default) and "dvk", kernel convolution: the activity per voxel
-(TIA x voxel volume x 3600 s/h, MBq s) is convolved (FFT, scipy.signal.fftconvolve "same") with the 177Lu water
+(TIA x voxel volume x 3600 s/h, MBq s) is convolved (FFT, :func:`fft_convolve_same`) with the 177Lu water
 dose voxel kernel for the grid's voxel size (corx.dosimetry.dose_kernel: electrons and photons, mGy/(MBq s)), giving the
 dose to water, then density-scaled to the medium: D = D_water x (1 g/mL) / rho (transport stays that of water).
 Inside the body rho is floored at ``min_density`` as for LED (0.1 g/mL): inflated lung (0.2-0.3 g/mL) keeps its
@@ -36,7 +36,7 @@ from functools import partial
 
 import numpy as np
 from nibabel.affines import voxel_sizes
-from scipy import ndimage, signal
+from scipy import fft, ndimage
 
 from ..errors import CorxError
 from ..geometry.resample import resample_to_grid, sub_point_mean
@@ -127,13 +127,27 @@ def grid_voxel_mm(affine: np.ndarray) -> tuple[float, float, float]:
     return float(sizes[0]), float(sizes[1]), float(sizes[2])
 
 
+def fft_convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Linear convolution of two real arrays by FFT, cut to ``image``'s shape around the centre: what
+    ``scipy.signal.fftconvolve(image, kernel, mode="same")`` computes (same transform lengths, so the same values),
+    with ``scipy.fft`` alone; importing ``scipy.signal`` takes about 1 s (it pulls in scipy.stats)."""
+    axes = tuple(range(image.ndim))
+    full = [a + b - 1 for a, b in zip(image.shape, kernel.shape, strict=True)]
+    lengths = [fft.next_fast_len(n, True) for n in full]
+    spectrum = fft.rfftn(image, lengths, axes=axes)
+    spectrum *= fft.rfftn(kernel, lengths, axes=axes)
+    product = fft.irfftn(spectrum, lengths, axes=axes)
+    start = [(n - s) // 2 for n, s in zip(full, image.shape, strict=True)]
+    return product[tuple(slice(b, b + s) for b, s in zip(start, image.shape, strict=True))].copy()
+
+
 def dvk_water_dose(tia_mbqh_per_ml: np.ndarray, voxel_mm: float | tuple[float, ...],
                    radius_mm: float = DEFAULT_RADIUS_MM) -> np.ndarray:
     """Dose to water (Gy, float64) of a TIA map (MBq*h/mL) by convolution with the 177Lu voxel kernel."""
     size = parse_voxel_mm(voxel_mm)
     activity_mbq_s = np.asarray(tia_mbqh_per_ml, dtype=np.float64) * (np.prod(size) / 1000.0) * 3600.0
     kernel = dose_voxel_kernel(size, radius_mm)  # mGy/(MBq s), memoised per voxel size
-    dose_mgy = signal.fftconvolve(activity_mbq_s, kernel, mode="same")
+    dose_mgy = fft_convolve_same(activity_mbq_s, kernel)
     return np.maximum(dose_mgy, 0.0) / 1000.0  # FFT round-off can give tiny negatives
 
 
