@@ -621,3 +621,12 @@ def test_rule_and_model_codes_keep_their_values_and_tables() -> None:
         "rules": {str(int(r)): RULE_NAMES[r] for r in TiaRule}, "rule": 2}
     res = tia_from_curves(np.array([[100.0, 0.0], [50.0, 0.0]]), [4.0, 24.0])
     assert res.rule.dtype == np.uint8 and res.rule.tolist() == [TiaRule.MONOEXP, TiaRule.BACKGROUND]
+
+
+def test_code_counts_are_numpy_uniques_counts() -> None:
+    from corx.dosimetry.tia import code_counts
+
+    codes = np.random.default_rng(4).choice(np.array([0, 1, 3, 6], np.uint8), size=(9, 8, 7), p=[0.5, 0.3, 0.15, 0.05])
+    values, counts = np.unique(codes, return_counts=True)
+    assert code_counts(codes) == dict(zip(values.tolist(), counts.tolist(), strict=True))
+    assert list(code_counts(codes)) == [0, 1, 3, 6] and code_counts(np.zeros(0, np.uint8)) == {}

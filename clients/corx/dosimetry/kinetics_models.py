@@ -45,7 +45,7 @@ import numpy as np
 
 from ..errors import CorxError
 from .physics import LU177_LAMBDA_PER_H
-from .tia import fit_monoexp, map_chunks, trapezoid_tail, validate_activity, validate_hours
+from .tia import code_counts, fit_monoexp, map_chunks, trapezoid_tail, validate_activity, validate_hours
 
 
 class KineticModel(IntEnum):
@@ -415,8 +415,7 @@ class MultiModelResult:
 
     def model_counts(self) -> dict[str, int]:
         """Voxels per selected model name."""
-        codes, counts = np.unique(self.model, return_counts=True)
-        return {MODEL_NAMES[int(c)]: int(n) for c, n in zip(codes, counts, strict=True)}
+        return {MODEL_NAMES[code]: n for code, n in code_counts(self.model).items()}
 
 
 def compute_tia_multimodel(activity: np.ndarray, hours: Sequence[float] | np.ndarray, voxel_volume_ml: float,

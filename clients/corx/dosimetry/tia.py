@@ -124,8 +124,15 @@ class TiaResult:
 
     def rule_counts(self) -> dict[str, int]:
         """Number of voxels per rule code (keys are the codes as strings)."""
-        codes, counts = np.unique(self.rule, return_counts=True)
-        return {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)}
+        return {str(code): n for code, n in code_counts(self.rule).items()}
+
+
+def code_counts(codes: np.ndarray) -> dict[int, int]:
+    """{code: number of voxels} of a map of small non-negative integer codes (uint8), ascending, codes that occur
+    only: what ``np.unique(codes, return_counts=True)`` gives, by counting instead of sorting (2M voxels: 5 ms,
+    not 80)."""
+    counts = np.bincount(np.asarray(codes).ravel())
+    return {int(c): int(counts[c]) for c in np.flatnonzero(counts)}
 
 
 # ----------------------------------------------------------------------------------------------- validation
