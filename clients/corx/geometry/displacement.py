@@ -75,6 +75,9 @@ def warp_to_reference(data: np.ndarray, affine: np.ndarray, ref_shape: tuple[int
     coords = to_src[:3, :3].astype(np.float32) @ q + to_src[:3, 3:4].astype(np.float32)
     coords += inv3 @ np.asarray(disp_mm, dtype=np.float32).reshape(3, -1)
     del q
+    # the points run through the reference grid in C order: sampled from a C-ordered source, neighbouring points
+    # read neighbouring memory. A NIfTI's Fortran-ordered CT is copied first (0.65 -> 0.27 s per 256x256x164 CT)
+    src = np.ascontiguousarray(src)
     mode = "nearest" if outside is None else "grid-constant"
     out = ndimage.map_coordinates(src, coords, order=1, mode=mode, cval=0.0 if outside is None else float(outside),
                                   prefilter=False)

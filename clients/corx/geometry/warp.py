@@ -49,5 +49,5 @@ def warp_image(moving: np.ndarray, u: np.ndarray, order: int = 1) -> np.ndarray:
                         f"(expected (3, {', '.join(map(str, moving.shape))}))")
     grid = np.indices(moving.shape, dtype=np.float32)
     grid += u
-    src = moving.astype(np.float32, copy=False) if order else moving
+    src = np.ascontiguousarray(moving, dtype=np.float32 if order else None)  # C order: points read nearby memory
     return ndimage.map_coordinates(src, grid, order=order, mode="nearest", prefilter=False)
