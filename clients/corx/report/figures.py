@@ -363,18 +363,21 @@ def tia_figure(d: FigureData, target: Path) -> Path:
     fig, axes = plt.subplots(2, len(columns), figsize=(3.4 * len(columns) + 0.6, 7.6), squeeze=False)
     for row, (name, cut, aspect, rc) in enumerate(disp.views(p)):
         for col, (title, vol, kwargs) in enumerate(columns):
-            im = axes[row, col].imshow(cut(disp.vol(vol)), aspect=aspect, interpolation="nearest", **kwargs)
-            if title != "eq.-6 rule":
-                fig.colorbar(im, ax=axes[row, col], fraction=0.046, pad=0.02)
+            axes[row, col].imshow(cut(disp.vol(vol)), aspect=aspect, interpolation="nearest", **kwargs)
             _cross(axes[row, col], rc)
             _off(axes[row, col])
             axes[row, col].set_title(f"{title} ({name})", fontsize=9)
+    _fixed_layout(fig, (0.15, 0.6, 0.75, 0.5), wspace=0.25, hspace=0.1)
+    # one colour bar per column (both views share its scale), made after the layout: it takes its room from the
+    # placed panels (each colour bar costs about 45 ms)
+    for col, (title, _, _) in enumerate(columns):
+        if title != "eq.-6 rule":
+            fig.colorbar(axes[0, col].images[0], ax=list(axes[:, col]), fraction=0.046, pad=0.02)
     handles = [Patch(color=c, label=f"{i} {n}") for i, (c, n) in enumerate(zip(RULE_COLOURS, RULE_LABELS,
                                                                                  strict=True))]
     fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles), title="TIA rule", title_fontsize=8)
     fig.suptitle(f"{d.patient_id}: voxel TIA on the reference {d.reference} SPECT grid ({d.method}); "
                  f"time points {', '.join(d.ids)}", fontsize=10)
-    _fixed_layout(fig, (0.15, 0.6, 0.75, 0.5), wspace=0.25, hspace=0.1)
     _save(fig, target)
     return target
 
