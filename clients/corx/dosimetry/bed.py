@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorxError
+from ..io.labels import label_mask
 from .kinetics_models import TWO_EXPONENTIAL_MODELS
 from .physics import LU177_HALF_LIFE_H
 from .voi import Voi
@@ -148,7 +149,7 @@ def bed_map(dose_gy: np.ndarray, lambda_eff_per_h: np.ndarray, labels: np.ndarra
     if labels is not None:
         for voi in vois:
             tissue = params[tissue_of(voi.name)]
-            inside = np.isin(labels, voi.labels)
+            inside = label_mask(labels, voi.labels)
             ab[inside], t_rep[inside] = tissue.alpha_beta_gy, tissue.t_rep_h
     t_eff = effective_half_life_h(lambda_eff_per_h)
     g = t_rep / (t_rep + t_eff)
@@ -157,7 +158,7 @@ def bed_map(dose_gy: np.ndarray, lambda_eff_per_h: np.ndarray, labels: np.ndarra
     if multimodel is not None:
         codes, components = multimodel
         g_two = lea_catcheside_factor(components, t_rep)
-        two = np.isin(codes, TWO_EXPONENTIAL_MODELS) & np.isfinite(g_two)
+        two = label_mask(codes, TWO_EXPONENTIAL_MODELS) & np.isfinite(g_two)
         g = np.where(two, g_two, g)
     dosed = dose_gy > 0
     n_dosed = max(int(dosed.sum()), 1)
@@ -176,5 +177,5 @@ def voi_bed_columns(row: dict[str, Any], voi: Voi, bed: np.ndarray, labels: np.n
     t_eff = float(effective_half_life_h(row.get("voi_lambda_eff_per_h", math.nan)))
     bed_voi = float(bed_gy(dose, t_eff, tissue.alpha_beta_gy, tissue.t_rep_h))
     return {"t_eff_h": t_eff, "bed_voi_gy": bed_voi, "eqd2_voi_gy": float(eqd2_gy(bed_voi, tissue.alpha_beta_gy)),
-            "mean_bed_gy": float(bed[np.isin(labels, voi.labels)].mean()), "alpha_beta_gy": tissue.alpha_beta_gy,
+            "mean_bed_gy": float(bed[label_mask(labels, voi.labels)].mean()), "alpha_beta_gy": tissue.alpha_beta_gy,
             "t_rep_h": tissue.t_rep_h}

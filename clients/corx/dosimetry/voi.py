@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import CorxError
 from ..io.imageio import atomic_path
+from ..io.labels import label_mask
 from .dose import dvh_metrics
 from .kinetics_models import MODEL_NAMES, models_from_curves
 from .physics import DOSE_GY_G_PER_MBQH, LU177_LAMBDA_PER_H
@@ -113,7 +114,7 @@ def voi_value_map(values: dict[str, float], label_map: np.ndarray, vois: Sequenc
     out = np.full(np.shape(label_map), np.nan, dtype=np.float64)
     for voi, value in zip(vois, values_by_voi(values, vois, what), strict=True):
         if math.isfinite(value):
-            out[np.isin(label_map, voi.labels)] = value
+            out[label_mask(label_map, voi.labels)] = value
     return out
 
 
@@ -195,7 +196,7 @@ def voi_table(activity: np.ndarray, hours: Sequence[float] | np.ndarray, label_m
             row["mass_g"] = mass
             row["dose_voi_gy"] = DOSE_GY_G_PER_MBQH * tia_voi / mass if mass > 0 else math.nan
         if dose_gy is not None:
-            mask = np.isin(labels, voi.labels)
+            mask = label_mask(labels, voi.labels)
             row.update(dvh_metrics(dose_gy[mask]))
         rows.append(row)
     return rows

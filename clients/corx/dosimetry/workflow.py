@@ -43,6 +43,7 @@ from nibabel.affines import voxel_sizes
 from ..errors import CorxError
 from ..io.concurrency import concurrently, submit
 from ..io.imageio import atomic_path, save_image, save_json
+from ..io.labels import label_mask
 from .bed import BedResult, bed_map, load_radiobiology, voi_bed_columns
 from .dose import DoseResult, cumulative_dvh, dose_from_ct
 from .kinetics_models import MultiModelResult, compute_tia_multimodel
@@ -142,7 +143,7 @@ def run_tia_on_arrays(activity: np.ndarray, hours: Sequence[float] | np.ndarray,
                                                              if out.multimodel else None),
                                  prior_half_life_h=prior_half_life_h)
         voxel_mm = voxel_sizes(np.asarray(affine, float))
-        masks = {voi.name: np.isin(labels, voi.labels) for voi in vois or ()}
+        masks = {voi.name: label_mask(labels, voi.labels) for voi in vois or ()}
         for row, voi in zip(out.voi_rows, vois or (), strict=True):
             mask = masks[voi.name]
             row.update(voi_uncertainty_columns(row["tia_fit_sd_percent"], mask, voxel_mm, calibration_sd_percent))

@@ -33,6 +33,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from .. import __version__
 from ..errors import CorxError
 from .imageio import atomic_path
+from .labels import label_mask
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -428,7 +429,7 @@ def write_seg(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, str] |
     from pydicom.uid import generate_uid
 
     target, segments, stack, lps = _label_planes(labels, affine, names, target, overwrite)
-    masks = np.stack([np.isin(stack, values) for _, values in segments], axis=-1).astype(np.uint8)
+    masks = np.stack([label_mask(stack, values) for _, values in segments], axis=-1).astype(np.uint8)
     if source_images:
         frame_of_reference_uid = _source_frame_of_reference(source_images[0], patient_id, frame_of_reference_uid)
     frame_of_reference_uid = frame_of_reference_uid or generate_uid()

@@ -34,6 +34,7 @@ from .dicom_export import (
     reorient_like,
 )
 from .imageio import atomic_path
+from .labels import label_mask
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: ROI display colours, cycled (tab10)
@@ -148,7 +149,7 @@ def write_rtstruct(labels: np.ndarray, affine: np.ndarray, names: Mapping[int, s
         item = Dataset()
         item.ReferencedROINumber = number
         item.ROIDisplayColor = list(COLOURS[(number - 1) % len(COLOURS)])
-        item.ContourSequence = _roi_contours(np.isin(stack, values), lps)
+        item.ContourSequence = _roi_contours(label_mask(stack, values), lps)
         contours.append(item)
         obs = Dataset()
         obs.ObservationNumber, obs.ReferencedROINumber = number, number

@@ -19,6 +19,7 @@ import numpy as np
 from ..dosimetry.tia import compute_tia
 from ..errors import CorxError
 from ..io.inputs import array_on_grid
+from ..io.labels import label_mask
 
 TRUTH_FILES = ("tia_voi.json", "tia_imaged.nii.gz")
 
@@ -56,7 +57,7 @@ def _vois(raw: dict[str, Any]) -> list[dict[str, Any]]:
 def truth_voi_mask(truth_dir: Path, labels: np.ndarray) -> np.ndarray:
     """The voxels of ``labels`` inside any VOI of truth/tia_voi.json: where the comparison reads a TIA map."""
     raw = json.loads((truth_dir / "tia_voi.json").read_text())
-    return np.isin(labels, sorted({int(v) for voi in _vois(raw) for v in voi["labels"]}))
+    return label_mask(labels, sorted({int(v) for voi in _vois(raw) for v in voi["labels"]}))
 
 
 def tia_inside(frames: list[np.ndarray], hours: list[float], voxel_volume_ml: float, inside: np.ndarray,
@@ -89,7 +90,7 @@ def compare_with_truth(truth_dir: Path, labels: np.ndarray, shape: tuple[int, ..
     vv = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
     rows = []
     for voi in _vois(raw):
-        mask = np.isin(labels, voi["labels"])
+        mask = label_mask(labels, voi["labels"])
         n = int(mask.sum())
         if n == 0:
             continue
