@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
@@ -34,8 +35,11 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """The C library, when it has glibc's mallopt and malloc_trim; else None."""
+    """The C library, when it has glibc's mallopt and malloc_trim; else None. Found once: ``find_library`` runs
+    ``ldconfig`` in a child process, and forking a process that holds the network's GBs costs time (and a memory
+    sampler would count the child's shared pages twice)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
