@@ -185,13 +185,30 @@ def write_dvh_csv(bins: np.ndarray, curves: dict[str, np.ndarray], target: Path,
     return Path(target)
 
 
-def write_dicom_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, patient_id: str,
+@dataclass
+class DicomContent:
+    """What the DICOM outputs hold: the dose map (Gy) and its mode, the label map and its VOIs. A few arrays of
+    :class:`TiaOutputs`, so that handing them to another process pickles MBs, not the whole result."""
+
+    dose_gy: np.ndarray | None = None
+    dose_mode: str = ""
+    labels: np.ndarray | None = None
+    vois: list[Voi] | None = None
+
+    @classmethod
+    def of(cls, result: TiaOutputs) -> DicomContent:
+        """The DICOM content of a `corx tia` result."""
+        return cls(dose_gy=result.dose.dose_gy if result.dose else None,
+                   dose_mode=result.dose.mode if result.dose else "", labels=result.labels, vois=result.vois)
+
+
+def write_dicom_outputs(result: DicomContent, affine: np.ndarray, out: Path, patient_id: str,
                         uids: dict[str, str] | None = None, overwrite: bool = False) -> tuple[list[Path], str | None]:
     """``dose.dcm`` (RT Dose, Gy), ``voi_seg.dcm`` (DICOM SEG of the VOIs) and ``voi_rtstruct.dcm`` (RT Structure
     Set: the VOIs as contours on the dose planes) on the TIA grid, in the study and
     frame of reference of ``uids`` (the reference CT's, when it is DICOM; new UIDs otherwise). Returns (files,
     None), or ([], the reason) when the `dicom` extra (pydicom, highdicom) is not installed."""
-    if result.dose is None and result.labels is None:
+    if result.dose_gy is None and result.labels is None:
         return [], None
     if importlib.util.find_spec("pydicom") is None or importlib.util.find_spec("highdicom") is None:
         return [], ("DICOM outputs (dose.dcm, voi_seg.dcm, voi_rtstruct.dcm) not written: install the extra, "
@@ -206,10 +223,10 @@ def write_dicom_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, patie
     frame = uids.get("FrameOfReferenceUID") or generate_uid()
     pid = uids.get("PatientID") or patient_id
     written = []
-    if result.dose is not None:
-        written.append(write_rtdose(result.dose.dose_gy, affine, out / "dose.dcm", patient_id=pid,
+    if result.dose_gy is not None:
+        written.append(write_rtdose(result.dose_gy, affine, out / "dose.dcm", patient_id=pid,
                                     frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite,
-                                    comment=f"177Lu absorbed dose ({result.dose.mode.upper()}, corx)"))
+                                    comment=f"177Lu absorbed dose ({result.dose_mode.upper()}, corx)"))
     if result.labels is not None and result.vois:
         written.append(write_seg(result.labels, affine, result.vois, out / "voi_seg.dcm", patient_id=pid,
                                  frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
@@ -221,7 +238,16 @@ def write_dicom_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, patie
 def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: bool = False,
                   extra: dict[str, Any] | None = None, dicom_uids: dict[str, str] | None = None) -> list[Path]:
     """Write the maps, VOI table, DICOM dose/SEG and summary into ``out`` (atomic, no clobbering without
-    ``overwrite``); ``dicom_uids`` see :func:`write_dicom_outputs`."""
+    ``overwrite``); ``dicom_uids`` see :func:`write_dicom_outputs`. The three parts are :func:`write_maps`,
+    :func:`write_dicom_outputs` and :func:`write_summary` (the pipeline runs the first two in different processes)."""
+    maps = write_maps(result, affine, out, overwrite)
+    dicom = write_dicom_outputs(DicomContent.of(result), affine, out, str((extra or {}).get("patient_id", "corx")),
+                                dicom_uids, overwrite)
+    return write_summary(result, out, maps, dicom, overwrite, extra, dicom_uids)
+
+
+def write_maps(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: bool = False) -> list[Path]:
+    """The NIfTI maps, ``voi.csv`` and ``dvh.csv`` (atomic; no clobbering without ``overwrite``)."""
     images: list[tuple[np.ndarray, str, Any]] = [
         (result.tia.tia_mbqh_per_ml, "tia.nii.gz", np.float32),
         (result.tia.rmse_bq_per_ml, "tia_rmse.nii.gz", np.float32),
@@ -245,9 +271,16 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
         written.append(write_voi_csv(result.voi_rows, out / "voi.csv", overwrite))
     if result.dvh is not None:
         written.append(write_dvh_csv(*result.dvh, out / "dvh.csv", overwrite))
-    dicom_files, dicom_note = write_dicom_outputs(result, affine, out, str((extra or {}).get("patient_id", "corx")),
-                                                  dicom_uids, overwrite)
-    written += dicom_files
+    return written
+
+
+def write_summary(result: TiaOutputs, out: Path, maps: list[Path], dicom: tuple[list[Path], str | None],
+                  overwrite: bool = False, extra: dict[str, Any] | None = None,
+                  dicom_uids: dict[str, str] | None = None) -> list[Path]:
+    """``tia_summary.json`` after the ``maps`` and the ``dicom`` (files, note) were written; with ``overwrite``,
+    outputs of an earlier run that this one did not produce are removed. Returns every file written."""
+    dicom_files, dicom_note = dicom
+    written = [*maps, *dicom_files]
     summary = {
         **(extra or {}),
         "dicom": {"files": [p.name for p in dicom_files], "note": dicom_note,

@@ -30,11 +30,14 @@ from ..dosimetry.dose import parse_dose_mode
 from ..dosimetry.voi import Voi, default_vois, label_names_from_json, phantom_vois
 from ..dosimetry.workflow import (
     DEFAULT_DOSE_MODE,
+    DicomContent,
     TiaOutputs,
     prior_half_life_map,
     run_tia_on_arrays,
     voxel_volume_ml,
-    write_outputs,
+    write_dicom_outputs,
+    write_maps,
+    write_summary,
 )
 from ..dosimetry.workflow import OUTPUT_NAMES as TIA_OUTPUT_NAMES
 from ..errors import CorxError
@@ -380,10 +383,13 @@ class _Run:
             uids = study_uids(self.m.reference_timepoint.ct)
 
             def write() -> None:
-                args, kwargs = (result, self.affine, self.staging.root), {"extra": extra, "dicom_uids": uids}
-                paths = (self.side.submit(write_outputs, *args, **kwargs).result() if self.side is not None
-                         else write_outputs(*args, **kwargs))
-                for path in paths:
+                root = self.staging.root
+                dicom_args = (DicomContent.of(result), self.affine, root, self.m.patient_id, uids)
+                # the DICOM files (pure Python) in the side process, the maps (gzip releases the GIL) here
+                dicom_job = self.side.submit(write_dicom_outputs, *dicom_args) if self.side is not None else None
+                maps = write_maps(result, self.affine, root)
+                dicom = dicom_job.result() if dicom_job is not None else write_dicom_outputs(*dicom_args)
+                for path in write_summary(result, root, maps, dicom, extra=extra, dicom_uids=uids):
                     self.staging.adopt(path.name)
 
             self.staging.later(write)  # maps, DICOM and tables are written while the figures are drawn
