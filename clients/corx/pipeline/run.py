@@ -253,6 +253,7 @@ class _Run:
         self.network_s: list[float] = []  # the network's share of each registration, where the method has one
         self._reads: dict[str, Future[tuple[Volume, Volume]]] = {}
         ref = m.reference_timepoint
+        self._prefetch_next()  # the first moving time point is read beside the reference
         with steps.step("read reference", file=ref.spect):
             self.ref_spect = read_volume(ref.spect, "spect", ref.calibration_bq_per_count, warn=warn)
             self.ref_ct = read_volume(ref.ct, "ct")
@@ -266,7 +267,6 @@ class _Run:
                                                  None, outside=CT_OUTSIDE_HU)
             self.ref_spect_grid = self.ref_spect.data.astype(np.float32, copy=True)
             self.body = self.ct_ref_grid > -500.0
-        self._prefetch_next()
         submit(preload_plotting)  # the figures come last; their imports need not wait until then
         if self.refine is not None:
             submit(preload_refinement)  # MONAI's loss modules (~3 s to import), before the first refinement
