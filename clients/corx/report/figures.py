@@ -33,7 +33,7 @@ RULE_COLOURS = ("#000000", "#2c7bb6", "#fdae61", "#d7191c", "#abd9e9", "#1a9641"
 RULE_LABELS = tuple(RULE_SHORT[rule] for rule in sorted(RULE_SHORT))
 DPI = 80
 #: zlib level of the PNGs: 1 encodes the seven figures in about 0.3 s instead of 0.6 s (Pillow's default, 6), for
-#: files 7-16 % larger (measured on the internal phantom's report figures)
+#: files 7-17 % larger (measured on the internal phantom's report figures)
 PNG_COMPRESS_LEVEL = 1
 
 
