@@ -484,6 +484,23 @@ def test_a_failure_mid_run_publishes_nothing_and_names_step_and_file(internal: P
     assert not list(out.glob(".partial-*"))
 
 
+def test_a_bad_truth_map_fails_the_truth_step_and_publishes_nothing(internal: Path, tmp_path: Path) -> None:
+    """The truth's inputs are made on a worker thread during the TIA step; their error still names the truth
+    comparison step and the truth folder."""
+    import shutil
+
+    patient = tmp_path / "patient"
+    shutil.copytree(internal, patient)
+    (patient / "truth" / "tia_imaged.nii.gz").write_bytes(b"not a NIfTI file")
+    out = tmp_path / "out"
+    with pytest.raises(CorxError) as info:
+        run_pipeline(patient / "patient.json", out, method="identity", progress=False, quiet=True)
+    message = str(info.value)
+    assert "step 'truth comparison' failed" in message and str(patient / "truth") in message
+    assert "no results were published" in message
+    assert not out.exists() or not any(out.iterdir())
+
+
 @pytest.mark.parametrize(("writer", "fails_on", "message"), [
     ("save_json", "patient.json", r"writing .*registered/patient.json failed: OSError: disk full"),
     # NIfTI images are written on worker threads: their failure still names the file

@@ -252,6 +252,7 @@ class _Run:
         self.prepare = ReferenceCache(config)  # the reference pair is preprocessed once for every pair
         self.network_s: list[float] = []  # the network's share of each registration, where the method has one
         self._reads: dict[str, Future[tuple[Volume, Volume]]] = {}
+        self._truth_inputs: Future[tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None = None
         ref = m.reference_timepoint
         self._prefetch_next()  # the first moving time point is read beside the reference
         with steps.step("read reference", file=ref.spect):
@@ -395,22 +396,38 @@ class _Run:
             self.staging.later(write)  # maps, DICOM and tables are written while the figures are drawn
         return result
 
+    def start_truth(self) -> None:
+        """Start making what the truth comparison needs besides our TIA (the unregistered TIA inside the truth's
+        VOIs, the imaged truth on the grid) on a worker thread: numpy work, beside the TIA fits' partly idle core.
+        Its errors are raised in the "truth comparison" step."""
+        if truth_applies(self.m.truth_dir, self.m.reference):
+            self._truth_inputs = submit(self._make_truth_inputs)
+
+    def _make_truth_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(labels, unregistered TIA, imaged truth) on the reference grid; None without a label map."""
+        truth_dir = self.m.truth_dir
+        labels = self.labels
+        if labels is None and (truth_dir / "labels_ref.nii.gz").is_file():
+            labels = labels_on_grid(truth_dir / "labels_ref.nii.gz", self.shape, self.affine)
+        if labels is None:
+            return None
+        ids = [tp.id for tp in self.m.timepoints]
+        prior = prior_half_life_map(self.m.prior_half_life_h, self.labels, self.vois)
+        # without registration: fitted only where the comparison reads it (a quarter of a phantom's grid)
+        unreg = tia_inside([self.results[t].spect_before for t in ids], self.m.hours,
+                           voxel_volume_ml(self.affine), truth_voi_mask(truth_dir, labels), prior)
+        return labels, unreg, imaged_truth(truth_dir, self.shape, self.affine)
+
     def truth(self, result: TiaOutputs) -> tuple[list[dict[str, Any]], np.ndarray | None]:
         truth_dir = self.m.truth_dir
         if not truth_applies(truth_dir, self.m.reference):
             return [], None
         with self.steps.step("truth comparison", file=truth_dir):
-            labels = self.labels
-            if labels is None and (truth_dir / "labels_ref.nii.gz").is_file():
-                labels = labels_on_grid(truth_dir / "labels_ref.nii.gz", self.shape, self.affine)
-            if labels is None:
+            inputs = (self._truth_inputs.result() if self._truth_inputs is not None
+                      else self._make_truth_inputs())
+            if inputs is None:
                 return [], None
-            ids = [tp.id for tp in self.m.timepoints]
-            prior = prior_half_life_map(self.m.prior_half_life_h, self.labels, self.vois)
-            # without registration: fitted only where the comparison reads it (a quarter of a phantom's grid)
-            unreg = tia_inside([self.results[t].spect_before for t in ids], self.m.hours,
-                               voxel_volume_ml(self.affine), truth_voi_mask(truth_dir, labels), prior)
-            true_tia = imaged_truth(truth_dir, self.shape, self.affine)
+            labels, unreg, true_tia = inputs
             rows = compare_with_truth(truth_dir, labels, self.shape, self.affine,
                                       result.tia.tia_mbqh_per_ml, unreg, imaged=true_tia)
             if rows:
@@ -492,6 +509,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
             run.resample(tp, *run.register(tp))
         release_freed_memory()  # the network's heap (kept for speed while it ran) goes back to the kernel
         run.write_registered_manifest()
+        run.start_truth()
         result = run.tia(threads, radiobiology, dose_mode)
         truth_rows, true_tia = run.truth(result)
         figures = run.figures(result, method_name, true_tia)
