@@ -87,12 +87,11 @@ def density_on_grid(ct_hu: np.ndarray, ct_affine: np.ndarray, shape: tuple[int, 
     """
     rho = np.asarray(hu_to_density(ct_hu), dtype=np.float32)  # what resample_to_grid samples; cast once
     target = np.asarray(affine, float)
-    m = np.linalg.inv(np.asarray(ct_affine, float)[:3, :3]) @ target[:3, :3]
-    footprint = np.abs(m).sum(axis=0)  # extent of one target voxel along each target axis, in CT voxels
+    mapping = np.linalg.inv(np.asarray(ct_affine, float)) @ target  # target voxel -> CT voxel
+    footprint = np.abs(mapping[:3, :3]).sum(axis=0)  # extent of one target voxel along each target axis, in CT voxels
     subs = [int(min(max_subsamples, max(1, np.ceil(f - 1e-6)))) for f in footprint]
     air = float(hu_to_density(np.array([-1000.0]))[0])
     offsets = [(np.arange(s) + 0.5) / s - 0.5 for s in subs]
-    mapping = np.linalg.inv(np.asarray(ct_affine, float)) @ target
     separable = sub_point_mean(rho, mapping, tuple(shape[:3]), offsets, cval=air)  # grids of one orientation
     if separable is not None:
         return separable

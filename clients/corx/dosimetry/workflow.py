@@ -202,13 +202,13 @@ class DicomContent:
                    dose_mode=result.dose.mode if result.dose else "", labels=result.labels, vois=result.vois)
 
 
-def write_dicom_outputs(result: DicomContent, affine: np.ndarray, out: Path, patient_id: str,
+def write_dicom_outputs(content: DicomContent, affine: np.ndarray, out: Path, patient_id: str,
                         uids: dict[str, str] | None = None, overwrite: bool = False) -> tuple[list[Path], str | None]:
     """``dose.dcm`` (RT Dose, Gy), ``voi_seg.dcm`` (DICOM SEG of the VOIs) and ``voi_rtstruct.dcm`` (RT Structure
     Set: the VOIs as contours on the dose planes) on the TIA grid, in the study and
     frame of reference of ``uids`` (the reference CT's, when it is DICOM; new UIDs otherwise). Returns (files,
     None), or ([], the reason) when the `dicom` extra (pydicom, highdicom) is not installed."""
-    if result.dose_gy is None and result.labels is None:
+    if content.dose_gy is None and content.labels is None:
         return [], None
     if importlib.util.find_spec("pydicom") is None or importlib.util.find_spec("highdicom") is None:
         return [], ("DICOM outputs (dose.dcm, voi_seg.dcm, voi_rtstruct.dcm) not written: install the extra, "
@@ -223,14 +223,14 @@ def write_dicom_outputs(result: DicomContent, affine: np.ndarray, out: Path, pat
     frame = uids.get("FrameOfReferenceUID") or generate_uid()
     pid = uids.get("PatientID") or patient_id
     written = []
-    if result.dose_gy is not None:
-        written.append(write_rtdose(result.dose_gy, affine, out / "dose.dcm", patient_id=pid,
+    if content.dose_gy is not None:
+        written.append(write_rtdose(content.dose_gy, affine, out / "dose.dcm", patient_id=pid,
                                     frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite,
-                                    comment=f"177Lu absorbed dose ({result.dose_mode.upper()}, corx)"))
-    if result.labels is not None and result.vois:
-        written.append(write_seg(result.labels, affine, result.vois, out / "voi_seg.dcm", patient_id=pid,
+                                    comment=f"177Lu absorbed dose ({content.dose_mode.upper()}, corx)"))
+    if content.labels is not None and content.vois:
+        written.append(write_seg(content.labels, affine, content.vois, out / "voi_seg.dcm", patient_id=pid,
                                  frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
-        written.append(write_rtstruct(result.labels, affine, result.vois, out / "voi_rtstruct.dcm", patient_id=pid,
+        written.append(write_rtstruct(content.labels, affine, content.vois, out / "voi_rtstruct.dcm", patient_id=pid,
                                       frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
     return written, None
 

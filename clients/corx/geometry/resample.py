@@ -26,8 +26,7 @@ def affine_resample(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[i
         return np.ascontiguousarray(flipped.T)
     m = np.asarray(mapping, dtype=np.float64)
     matrix, offset = m[:3, :3], m[:3, 3]
-    off_diagonal = matrix - np.diag(np.diag(matrix))
-    if np.all(np.abs(off_diagonal) < AXIS_ALIGNED_TOL):
+    if axis_aligned(m):
         matrix = np.diag(matrix).copy()
     return ndimage.affine_transform(data, matrix, offset=offset, output_shape=tuple(int(s) for s in output_shape),
                                     order=order, mode=mode, cval=cval, prefilter=False)

@@ -105,4 +105,3 @@ def labels_on_grid(path: str | os.PathLike, shape: tuple[int, ...], affine: np.n
     if not np.any(data > 0):
         raise CorxError(f"{path}: label map contains no labelled voxel (all 0)")
     return data
-
