@@ -27,6 +27,21 @@ def test_schneider_table_nodes_interpolation_and_clamping() -> None:
     np.testing.assert_allclose(hu_to_density(hu), np.interp(hu, SCHNEIDER_HU, SCHNEIDER_DENSITY), rtol=1e-6)
 
 
+def test_whole_ct_numbers_by_table_equal_the_interpolation() -> None:
+    rng = np.random.default_rng(1)
+    whole = rng.integers(-1024, 3072, (20, 16, 12)).astype(np.int16)  # what a CT stores
+    expected = np.interp(whole.astype(np.float64), SCHNEIDER_HU, SCHNEIDER_DENSITY).astype(np.float32)
+    for hu in (whole, whole.astype(np.float32), np.asfortranarray(whole.astype(np.float32))):
+        np.testing.assert_array_equal(hu_to_density(hu), expected)
+    mixed = whole.astype(np.float32)
+    mixed[3, 4, 5] = 10.25  # one fractional number: the whole array is interpolated
+    expected[3, 4, 5] = np.float32(np.interp(10.25, SCHNEIDER_HU, SCHNEIDER_DENSITY))
+    np.testing.assert_array_equal(hu_to_density(mixed), expected)
+    wide = np.array([-2.0e9, 0.0, 3.0e9], np.float32)  # beyond int32 and any table: interpolated, clamped
+    assert hu_to_density(wide).tolist() == pytest.approx([0.00121, 0.9305 + 97 / 111 * (1.03 - 0.9305), 2.8])
+    assert np.isnan(hu_to_density(np.array([0.0, np.nan]))[1])
+
+
 def test_uniform_tia_in_water_matches_hand_calculation() -> None:
     # 10 mL of water (1 g/mL) holding 250 MBq h: D = 0.08532 * 250 / 10 = 2.133 Gy in every voxel
     tia_per_ml = np.full((5, 4, 2), 250.0 / 10.0, np.float32)
