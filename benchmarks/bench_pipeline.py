@@ -157,9 +157,12 @@ def main() -> None:
           f"{args.threads} threads, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
     print(f"  {'phantom generation (not part of the pipeline)':<44} {t_phantom:8.2f} s")
     per_pair = forward / n_pairs if forward and n_pairs else None
+    print(f"  {'step':<44} {'wall':>8}   {'cores busy (this process)':>25}")
     for step, seconds in steps.items():
         floor = f"   network forward {per_pair:6.2f} s" if per_pair and step.startswith("register ") else ""
-        print(f"  {step:<44} {seconds:8.2f} s{floor}")
+        cpu = res.cpu_timings_s.get(step)
+        cores = f"{cpu / seconds:25.2f}" if cpu is not None and seconds > 0.005 else " " * 25
+        print(f"  {step:<44} {seconds:8.2f} s {cores}{floor}")
     print(f"  {'total pipeline':<44} {total:8.2f} s")
     if forward:
         print(f"  {'summed network forward (the floor)':<44} {forward:8.2f} s   total / forward = "
@@ -182,7 +185,7 @@ def main() -> None:
             "args": vars(args), "grid": grid, "phantom_s": t_phantom, "total_s": total,
             "network_forward_s": forward, "n_pairs": n_pairs, "peak_rss_mib": peak_rss_mib,
             "side_peak_rss_mib": res.side_peak_rss_mib, "tree_peak_rss_mib": tree.peak_mib if tree.measured else None,
-            "cpu_s": cpu_s, "steps": steps,
+            "cpu_s": cpu_s, "steps": steps, "step_cpu_s": res.cpu_timings_s,
             "tia_steps": {k[5:]: v for k, v in res.summary["timings_s"].items() if k.startswith("tia: ")},
             "elastix_pair_s": elastix_pair_s}, indent=2))
 

@@ -674,12 +674,13 @@ def test_steps_follow_their_plan() -> None:
     steps = Steps(["read", "write"], progress=False)
     assert steps.total == 2 and steps.remaining == ("read", "write")
     with steps.step("read"):
-        pass
+        sum(i * i for i in range(200_000))  # CPU work: counted as this step's CPU time
     with pytest.raises(RuntimeError, match="not the next planned step"), steps.step("publish"):
         pass
     with steps.step("write"):
         pass
-    assert steps.remaining == () and set(steps.timings) == {"read", "write"}
+    assert steps.remaining == () and set(steps.timings) == set(steps.cpu_timings) == {"read", "write"}
+    assert steps.cpu_timings["read"] > 0.0 and steps.cpu_timings["read"] <= steps.timings["read"] * 2 + 0.05
     with pytest.raises(ValueError, match="unique"):
         Steps(["a", "a"], progress=False)
 

@@ -135,6 +135,7 @@ class PipelineResult:
     report: Path
     summary: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
+    cpu_timings_s: dict[str, float] = field(default_factory=dict)  # per step: CPU seconds of this process
     side_peak_rss_mib: float | None = None  # the side process's memory high-water mark (None: no side process)
 
 
@@ -536,7 +537,7 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
     timings = dict(steps.timings)
     timings["total"] = time.perf_counter() - t_start
     res = PipelineResult(out=out, report=out / "report.html", summary=summary, timings_s=timings,
-                         side_peak_rss_mib=side_rss)
+                         cpu_timings_s=dict(steps.cpu_timings), side_peak_rss_mib=side_rss)
     if not quiet:
         print_summary(res)
     return res

@@ -1,4 +1,4 @@
-"""Named pipeline steps: wall time of each, a tqdm progress bar, and errors that say which step failed."""
+"""Named pipeline steps: wall and CPU time of each, a tqdm progress bar, and errors that say which step failed."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Steps:
             raise ValueError(f"step names must be unique, got {list(self.plan)}")
         self.done: list[str] = []
         self.timings: dict[str, float] = {}
+        self.cpu_timings: dict[str, float] = {}  # CPU seconds of this process (all its threads) during each step
         self.current: str | None = None
         self._bar: Any = None
         if progress:
@@ -58,7 +59,7 @@ class Steps:
         self.current = name
         if self._bar is not None:
             self._bar.set_description_str(name[:32])
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             yield
         except KeyboardInterrupt:
@@ -75,6 +76,7 @@ class Steps:
             raise
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + time.process_time() - cpu0
         if self._bar is not None:
             self._bar.update(1)
 
