@@ -178,6 +178,29 @@ def test_every_output_lies_on_the_reference_spect_grid(shifted_external: tuple[P
     assert not list(out.glob(".partial-*"))
 
 
+def test_dicom_outputs_share_one_study_and_frame_of_reference(shifted_external: tuple[Path, np.ndarray],
+                                                               external: Path) -> None:
+    """SEG and RT Structure Set are written in the side process during the registrations, the RT Dose at the
+    end: all three still carry the same study, frame of reference and patient, and are listed in the summary."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    out, _ = shifted_external
+    names = ["dose.dcm", "voi_seg.dcm", "voi_rtstruct.dcm"]
+    found = set()
+    for name in names:
+        ds = pydicom.dcmread(out / name)
+        frame = (ds.FrameOfReferenceUID if "FrameOfReferenceUID" in ds
+                 else ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID)
+        found.add((ds.StudyInstanceUID, frame, ds.PatientID))
+    assert len(found) == 1, found
+    study, frame, patient = found.pop()
+    assert study.startswith("2.25.") and frame.startswith("2.25.") and study != frame  # NIfTI input: new UIDs
+    assert patient == _manifest(external)["patient_id"]
+    summary = json.loads((out / "tia_summary.json").read_text())["dicom"]
+    assert summary["files"] == names and summary["note"] is None
+    assert not summary["frame_of_reference_from_reference_ct"]
+
+
 def test_known_shift_samples_the_original_images_once(shifted_external: tuple[Path, np.ndarray],
                                                        external: Path) -> None:
     out, d0 = shifted_external
