@@ -25,7 +25,11 @@ MAPPINGS = {
 @pytest.mark.parametrize("mode", SEPARABLE_MODES)
 @pytest.mark.parametrize("name", sorted(MAPPINGS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_separable_trilinear_equals_scipy(mode: str, name: str, dtype: type) -> None:
+@pytest.mark.parametrize("slab", [1 << 20, 300])
+def test_separable_trilinear_equals_scipy(mode: str, name: str, dtype: type, slab: int,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slab or many (300 source elements: 1-2 slices per slab), the same values."""
+    monkeypatch.setattr("corx.geometry.resample.SLAB_ELEMENTS", slab)
     rng = np.random.default_rng(3)
     data = (ndimage.gaussian_filter(rng.random((18, 20, 15)), 1.0) * 3000.0 - 1000.0).astype(dtype)
     shape = (19, 10, 29)

@@ -46,40 +46,67 @@ def separable_linear(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[
     :data:`SEPARABLE_MODES`) and its coordinates (:func:`_zoom_shift_coords`), to float64 rounding (a float32 result
     is the same to the bit, bar a rare rounding tie): "constant" gives ``cval`` to a point outside ``[0, n - 1]``
     along any axis, "grid-constant" takes ``cval`` for a neighbour outside, "nearest" clamps the point to the edge.
-    The axes that shrink most go first (smaller arrays for the later passes): a 256x256x164 CT onto a 128^3 grid
-    takes 0.07-0.1 s against scipy's 0.16 s.
+    The axes that shrink most go first; the first two passes run slab by slab along the third axis, so the float64
+    temporaries stay a few MB (the run's peak memory is not raised). A 256x256x164 CT onto a 128^3 grid takes
+    0.07-0.1 s against scipy's 0.16 s.
     """
     if mode not in SEPARABLE_MODES:
         raise ValueError(f"separable_linear: mode {mode!r} is not one of {SEPARABLE_MODES}")
     m = np.asarray(mapping, dtype=np.float64)
-    out = np.asarray(data)
-    first = True
-    for axis in sorted(range(3), key=lambda a: output_shape[a] / data.shape[a]):
-        n = int(data.shape[axis])
-        coords = _zoom_shift_coords(int(output_shape[axis]), m[axis, axis], m[axis, 3], np.zeros(1))[:, 0]
-        if mode == "nearest":
-            coords = np.clip(coords, 0.0, n - 1.0)
-        low = np.floor(coords).astype(np.intp)
-        frac = coords - low
-        # "constant": a point outside along this axis gets no weight, so cval, whatever the other axes say
-        within = (coords >= 0.0) & (coords <= n - 1.0) if mode == "constant" else np.ones(coords.shape, bool)
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        passed: np.ndarray | None = None
-        for index, weight in ((low, 1.0 - frac), (low + 1, frac)):
-            taken = np.take(out, np.clip(index, 0, n - 1), axis=axis)
-            if first and cval:  # cval + weights applied to (data - cval): a neighbour outside adds nothing
-                taken = np.subtract(taken, cval, dtype=np.float64)
-            term = np.multiply(taken, np.where(within & (index >= 0) & (index <= n - 1), weight, 0.0).reshape(shape))
-            if passed is None:
-                passed = term
-            else:
-                passed += term
-        assert passed is not None
-        out, first = passed, False
+    taps = [_linear_taps(int(data.shape[a]), _zoom_shift_coords(int(output_shape[a]), m[a, a], m[a, 3],
+                                                               np.zeros(1))[:, 0], mode) for a in range(3)]
+    *first, last = sorted(range(3), key=lambda a: output_shape[a] / data.shape[a])
+    middle = [int(output_shape[a]) if a in first else int(data.shape[a]) for a in range(3)]
+    between = np.empty(middle, dtype=np.float64)  # after the first two passes
+    per_slice = int(np.prod(data.shape)) // max(int(data.shape[last]), 1)
+    step = max(1, SLAB_ELEMENTS // max(per_slice, 1))
+    for begin in range(0, int(data.shape[last]), step):
+        slab = [slice(None)] * 3
+        slab[last] = slice(begin, begin + step)
+        block = np.asarray(data[tuple(slab)])
+        for i, axis in enumerate(first):
+            block = _linear_pass(block, axis, taps[axis], cval if i == 0 else 0.0)
+        between[tuple(slab)] = block
+    out = _linear_pass(between, last, taps[last], 0.0)
     if cval:
         out += cval
     return np.ascontiguousarray(out, dtype=data.dtype)
+
+
+#: source elements per slab of :func:`separable_linear`'s first two passes (float64 temporaries of ~8 MB)
+SLAB_ELEMENTS = 1 << 20
+
+
+def _linear_taps(n: int, coords: np.ndarray, mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The two (source index, weight) taps of 1-D linear interpolation at ``coords`` on ``n`` samples for a
+    :data:`SEPARABLE_MODES` mode; a neighbour outside gets weight 0 (its value is the caller's cval)."""
+    if mode == "nearest":
+        coords = np.clip(coords, 0.0, n - 1.0)
+    low = np.floor(coords).astype(np.intp)
+    frac = coords - low
+    # "constant": a point outside along this axis gets no weight, so cval, whatever the other axes say
+    within = (coords >= 0.0) & (coords <= n - 1.0) if mode == "constant" else np.ones(coords.shape, bool)
+    return [(np.clip(index, 0, n - 1), np.where(within & (index >= 0) & (index <= n - 1), weight, 0.0))
+            for index, weight in ((low, 1.0 - frac), (low + 1, frac))]
+
+
+def _linear_pass(data: np.ndarray, axis: int, taps: list[tuple[np.ndarray, np.ndarray]], cval: float) -> np.ndarray:
+    """One 1-D pass of :func:`separable_linear` along ``axis`` (float64 result); ``cval`` is subtracted from the
+    samples first (so that a neighbour outside, weight 0, stands for cval)."""
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    out: np.ndarray | None = None
+    for index, weight in taps:
+        taken = np.take(data, index, axis=axis)
+        if cval:
+            taken = np.subtract(taken, cval, dtype=np.float64)
+        term = np.multiply(taken, weight.reshape(shape))
+        if out is None:
+            out = term
+        else:
+            out += term
+    assert out is not None
+    return out
 
 
 def reversed_axes(data: np.ndarray) -> bool:
