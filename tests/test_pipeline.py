@@ -180,8 +180,8 @@ def test_every_output_lies_on_the_reference_spect_grid(shifted_external: tuple[P
 
 def test_dicom_outputs_share_one_study_and_frame_of_reference(shifted_external: tuple[Path, np.ndarray],
                                                                external: Path) -> None:
-    """SEG and RT Structure Set are written in the side process during the registrations, the RT Dose at the
-    end: all three still carry the same study, frame of reference and patient, and are listed in the summary."""
+    """RT Dose, SEG and RT Structure Set (written in the side process) carry the same study, frame of reference
+    and patient, and the summary lists them."""
     pydicom = pytest.importorskip("pydicom")
     pytest.importorskip("highdicom")
     out, _ = shifted_external
@@ -194,7 +194,7 @@ def test_dicom_outputs_share_one_study_and_frame_of_reference(shifted_external: 
         found.add((ds.StudyInstanceUID, frame, ds.PatientID))
     assert len(found) == 1, found
     study, frame, patient = found.pop()
-    assert study.startswith("2.25.") and frame.startswith("2.25.") and study != frame  # NIfTI input: new UIDs
+    assert study and frame and study != frame  # NIfTI input: new UIDs, made once for the three files
     assert patient == _manifest(external)["patient_id"]
     summary = json.loads((out / "tia_summary.json").read_text())["dicom"]
     assert summary["files"] == names and summary["note"] is None

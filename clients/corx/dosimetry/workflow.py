@@ -31,7 +31,6 @@ import importlib.util
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -203,67 +202,36 @@ class DicomContent:
                    dose_mode=result.dose.mode if result.dose else "", labels=result.labels, vois=result.vois)
 
 
-DICOM_MISSING_NOTE = ("DICOM outputs (dose.dcm, voi_seg.dcm, voi_rtstruct.dcm) not written: install the extra, "
-                      "pip install 'corx[dicom]'")
-
-
-def dicom_available() -> bool:
-    """True when the `dicom` extra (pydicom, highdicom) is installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("pydicom", "highdicom"))
-
-
-def shared_dicom_uids(uids: dict[str, str] | None, patient_id: str) -> dict[str, str]:
-    """The StudyInstanceUID, FrameOfReferenceUID and PatientID that every DICOM output of a run shares: those of
-    ``uids`` (the reference CT's, when it is DICOM), new UIDs (``2.25.`` + a random UUID, DICOM PS3.5 B.2) and
-    ``patient_id`` where it has none."""
-    uids = uids or {}
-    return {"StudyInstanceUID": uids.get("StudyInstanceUID") or f"2.25.{uuid.uuid4().int}",
-            "FrameOfReferenceUID": uids.get("FrameOfReferenceUID") or f"2.25.{uuid.uuid4().int}",
-            "PatientID": uids.get("PatientID") or patient_id}
-
-
-def write_dicom_dose(dose_gy: np.ndarray, dose_mode: str, affine: np.ndarray, out: Path, shared: dict[str, str],
-                     overwrite: bool = False) -> list[Path]:
-    """``dose.dcm``: RT Dose (Gy) on the TIA grid, in the study and frame of reference of ``shared``
-    (:func:`shared_dicom_uids`). Needs the `dicom` extra."""
-    from ..io.dicom_export import write_rtdose
-
-    return [write_rtdose(dose_gy, affine, out / "dose.dcm", patient_id=shared["PatientID"],
-                         frame_of_reference_uid=shared["FrameOfReferenceUID"],
-                         study_instance_uid=shared["StudyInstanceUID"], overwrite=overwrite,
-                         comment=f"177Lu absorbed dose ({dose_mode.upper()}, corx)")]
-
-
-def write_dicom_structures(labels: np.ndarray, vois: Sequence[Voi], affine: np.ndarray, out: Path,
-                           shared: dict[str, str], overwrite: bool = False) -> list[Path]:
-    """``voi_seg.dcm`` (DICOM SEG of the VOIs) and ``voi_rtstruct.dcm`` (RT Structure Set: the VOIs as contours on
-    the dose planes) on the TIA grid, in the study and frame of reference of ``shared``. They need only the labels,
-    so the pipeline writes them while the TIA is computed. Needs the `dicom` extra."""
-    from ..io.dicom_export import write_seg
-    from ..io.rtstruct import write_rtstruct
-
-    ids = {"patient_id": shared["PatientID"], "frame_of_reference_uid": shared["FrameOfReferenceUID"],
-           "study_instance_uid": shared["StudyInstanceUID"], "overwrite": overwrite}
-    return [write_seg(labels, affine, list(vois), out / "voi_seg.dcm", **ids),
-            write_rtstruct(labels, affine, list(vois), out / "voi_rtstruct.dcm", **ids)]
-
-
 def write_dicom_outputs(content: DicomContent, affine: np.ndarray, out: Path, patient_id: str,
                         uids: dict[str, str] | None = None, overwrite: bool = False) -> tuple[list[Path], str | None]:
-    """``dose.dcm`` (:func:`write_dicom_dose`), ``voi_seg.dcm`` and ``voi_rtstruct.dcm``
-    (:func:`write_dicom_structures`) on the TIA grid, in the study and frame of reference of ``uids`` (the
-    reference CT's, when it is DICOM; new UIDs otherwise). Returns (files, None), or ([], the reason) when the
-    `dicom` extra (pydicom, highdicom) is not installed."""
+    """``dose.dcm`` (RT Dose, Gy), ``voi_seg.dcm`` (DICOM SEG of the VOIs) and ``voi_rtstruct.dcm`` (RT Structure
+    Set: the VOIs as contours on the dose planes) on the TIA grid, in the study and
+    frame of reference of ``uids`` (the reference CT's, when it is DICOM; new UIDs otherwise). Returns (files,
+    None), or ([], the reason) when the `dicom` extra (pydicom, highdicom) is not installed."""
     if content.dose_gy is None and content.labels is None:
         return [], None
-    if not dicom_available():
-        return [], DICOM_MISSING_NOTE
-    shared = shared_dicom_uids(uids, patient_id)
+    if importlib.util.find_spec("pydicom") is None or importlib.util.find_spec("highdicom") is None:
+        return [], ("DICOM outputs (dose.dcm, voi_seg.dcm, voi_rtstruct.dcm) not written: install the extra, "
+                    "pip install 'corx[dicom]'")
+    from pydicom.uid import generate_uid
+
+    from ..io.dicom_export import write_rtdose, write_seg
+    from ..io.rtstruct import write_rtstruct
+
+    uids = uids or {}
+    study = uids.get("StudyInstanceUID") or generate_uid()
+    frame = uids.get("FrameOfReferenceUID") or generate_uid()
+    pid = uids.get("PatientID") or patient_id
     written = []
     if content.dose_gy is not None:
-        written += write_dicom_dose(content.dose_gy, content.dose_mode, affine, out, shared, overwrite)
+        written.append(write_rtdose(content.dose_gy, affine, out / "dose.dcm", patient_id=pid,
+                                    frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite,
+                                    comment=f"177Lu absorbed dose ({content.dose_mode.upper()}, corx)"))
     if content.labels is not None and content.vois:
-        written += write_dicom_structures(content.labels, content.vois, affine, out, shared, overwrite)
+        written.append(write_seg(content.labels, affine, content.vois, out / "voi_seg.dcm", patient_id=pid,
+                                 frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
+        written.append(write_rtstruct(content.labels, affine, content.vois, out / "voi_rtstruct.dcm", patient_id=pid,
+                                      frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
     return written, None
 
 

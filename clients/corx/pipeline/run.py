@@ -30,15 +30,12 @@ from ..dosimetry.dose import parse_dose_mode
 from ..dosimetry.voi import Voi, default_vois, label_names_from_json, phantom_vois
 from ..dosimetry.workflow import (
     DEFAULT_DOSE_MODE,
-    DICOM_MISSING_NOTE,
+    DicomContent,
     TiaOutputs,
-    dicom_available,
     prior_half_life_map,
     run_tia_on_arrays,
-    shared_dicom_uids,
     voxel_volume_ml,
-    write_dicom_dose,
-    write_dicom_structures,
+    write_dicom_outputs,
     write_maps,
     write_summary,
 )
@@ -249,7 +246,7 @@ class _Run:
                  refine: RefineOptions | None, warn: Callable[[str], None], point: object = None,
                  side: SideProcess | None = None) -> None:
         self.m, self.staging, self.steps, self.method = m, staging, steps, method
-        self.side = side  # writes the DICOM outputs (pure-Python work) beside this process's work, on the other core
+        self.side = side  # writes the TIA outputs (pure-Python DICOM work) beside the figures, on the other core
         self.config, self.refine = config, refine
         self.warn = warn  # input problems found on the way (e.g. negative SPECT voxels set to 0): console + report
         self.results: dict[str, _TimePointResult] = {}
@@ -257,10 +254,7 @@ class _Run:
         self.network_s: list[float] = []  # the network's share of each registration, where the method has one
         self._reads: dict[str, Future[tuple[Volume, Volume]]] = {}
         self._truth_inputs: Future[tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None = None
-        self._structures: Future[list[Path]] | None = None  # voi_seg.dcm and voi_rtstruct.dcm, written early
         ref = m.reference_timepoint
-        self.ct_uids = study_uids(ref.ct)  # the reference CT's study and frame of reference, when it is DICOM
-        self.dicom_uids = shared_dicom_uids(self.ct_uids, m.patient_id)  # what every DICOM output shares
         self._prefetch_next()  # the first moving time point is read beside the reference
         with steps.step("read reference", file=ref.spect):
             self.ref_spect = read_volume(ref.spect, "spect", ref.calibration_bq_per_count, warn=warn)
@@ -375,26 +369,6 @@ class _Run:
             registered["labels"] = labels_file.name
         self.staging.json("registered/patient.json", registered)
 
-    def start_dicom_structures(self) -> None:
-        """Start writing the VOIs' DICOM SEG and RT Structure Set in the side process: they need only the labels,
-        so they are written while the time points are registered instead of at the end."""
-        if self.side is not None and self._dicom_structures_wanted():
-            self._structures = self.side.submit(write_dicom_structures, self.labels, self.vois, self.affine,
-                                                self.staging.root, self.dicom_uids)
-            self.staging.track(self._structures)
-
-    def _dicom_structures_wanted(self) -> bool:
-        return self.labels is not None and bool(self.vois) and dicom_available()
-
-    def _dicom_structures(self) -> list[Path]:
-        """The SEG and RT Structure Set files: those started early, or written now."""
-        if self._structures is not None:
-            return self._structures.result()
-        if not self._dicom_structures_wanted():
-            return []
-        assert self.labels is not None and self.vois is not None
-        return write_dicom_structures(self.labels, self.vois, self.affine, self.staging.root, self.dicom_uids)
-
     def tia(self, threads: int | None, radiobiology: str | os.PathLike | None = None,
             dose_mode: str = DEFAULT_DOSE_MODE) -> TiaOutputs:
         with self.steps.step("TIA, dose, VOI"):
@@ -408,22 +382,16 @@ class _Run:
             extra = {"patient_id": self.m.patient_id, "manifest": str(self.m.path), "reference": self.m.reference,
                      "timepoints": ids, "reference_ct": str(self.m.reference_timepoint.ct),
                      "labels": str(self.m.labels) if self.m.labels else None, "registered_by": "corx pipeline"}
+            uids = study_uids(self.m.reference_timepoint.ct)
 
             def write() -> None:
                 root = self.staging.root
-                dicom = dicom_available()
-                dose_args = ((result.dose.dose_gy, result.dose.mode, self.affine, root, self.dicom_uids)
-                             if dicom and result.dose is not None else None)
-                # the DICOM dose (pure Python) in the side process, the maps (gzip releases the GIL) here
-                dose_job = (self.side.submit(write_dicom_dose, *dose_args)
-                            if dose_args is not None and self.side is not None else None)
+                dicom_args = (DicomContent.of(result), self.affine, root, self.m.patient_id, uids)
+                # the DICOM files (pure Python) in the side process, the maps (gzip releases the GIL) here
+                dicom_job = self.side.submit(write_dicom_outputs, *dicom_args) if self.side is not None else None
                 maps = write_maps(result, self.affine, root)
-                files = (dose_job.result() if dose_job is not None else
-                         write_dicom_dose(*dose_args) if dose_args is not None else [])
-                files += self._dicom_structures()
-                wanted = result.dose is not None or self.labels is not None
-                note = DICOM_MISSING_NOTE if wanted and not dicom else None
-                for path in write_summary(result, root, maps, (files, note), extra=extra, dicom_uids=self.ct_uids):
+                dicom = dicom_job.result() if dicom_job is not None else write_dicom_outputs(*dicom_args)
+                for path in write_summary(result, root, maps, dicom, extra=extra, dicom_uids=uids):
                     self.staging.adopt(path.name)
 
             self.staging.later(write)  # maps, DICOM and tables are written while the figures are drawn
@@ -538,7 +506,6 @@ def run_pipeline(manifest: str | os.PathLike | Manifest, out: str | os.PathLike,
 
         side = SideProcess(_writer_modules()) if side_process_wanted() else None
         run = _Run(m, staging, steps, reg, cfg, refine_options, warn, point, side)
-        run.start_dicom_structures()
         for tp in m.timepoints:
             run.resample(tp, *run.register(tp))
         release_freed_memory()  # the network's heap (kept for speed while it ran) goes back to the kernel

@@ -90,11 +90,6 @@ class Staging:
         :meth:`flush` waits for it."""
         self._pending.append(submit(write))
 
-    def track(self, job: Future[Any]) -> None:
-        """Count ``job`` (e.g. a side-process call writing into :attr:`root`) as a background write: :meth:`flush`
-        waits for it and raises its error, :meth:`discard` waits for it before removing the folder."""
-        self._pending.append(job)
-
     def flush(self) -> None:
         """Wait for the background writes; the first failure is raised (as CorxError naming the file)."""
         pending, self._pending = self._pending, []
