@@ -16,7 +16,7 @@ def affine_resample(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[i
     """``out[q] = data[mapping @ q]`` (4x4 output voxel -> source voxel), interpolated with ``order``.
 
     Axis-aligned mappings (scaling and shift only: grids of one orientation) of float images take
-    :func:`separable_linear` for ``order`` 1 (about 2x faster than scipy, the same values), scipy's
+    :func:`separable_linear` for ``order`` 1 (2-3x faster than scipy, the same values), scipy's
     zoom-and-shift path otherwise; both give the general path's values (to float32 rounding). The output has
     the input's dtype; scipy interpolates in float64 internally. ``mode``/``cval`` as in scipy.ndimage.
     An interpolated (``order`` >= 1) Fortran-ordered input (what nibabel reads from NIfTI) is read through its
@@ -48,7 +48,7 @@ def separable_linear(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[
     along any axis, "grid-constant" takes ``cval`` for a neighbour outside, "nearest" clamps the point to the edge.
     The axes that shrink most go first; the first two passes run slab by slab along the third axis, so the float64
     temporaries stay a few MB (the run's peak memory is not raised). A 256x256x164 CT onto a 128^3 grid takes
-    0.07-0.1 s against scipy's 0.16 s.
+    0.055-0.085 s against scipy's 0.155-0.16 s.
     """
     if mode not in SEPARABLE_MODES:
         raise ValueError(f"separable_linear: mode {mode!r} is not one of {SEPARABLE_MODES}")
@@ -63,7 +63,7 @@ def separable_linear(data: np.ndarray, mapping: np.ndarray, output_shape: tuple[
     for begin in range(0, int(data.shape[last]), step):
         slab = [slice(None)] * 3
         slab[last] = slice(begin, begin + step)
-        block = np.asarray(data[tuple(slab)])
+        block = data[tuple(slab)]
         for i, axis in enumerate(first):
             block = _linear_pass(block, axis, taps[axis], cval if i == 0 else 0.0)
         between[tuple(slab)] = block
@@ -142,17 +142,15 @@ def axis_aligned(mapping: np.ndarray) -> bool:
 
 def _mean_linear_weights(n_src: int, coords: np.ndarray) -> np.ndarray:
     """(n_dst, n_src) matrix: row i is the mean over ``coords[i, :]`` (source-voxel coordinates) of the 1-D linear
-    interpolation weights; a coordinate outside [0, n_src - 1] contributes zero weight (scipy's "constant" mode
-    gives such a point ``cval``, added back by the caller)."""
+    interpolation weights (:func:`_linear_taps`, "constant": a coordinate outside [0, n_src - 1] contributes zero
+    weight; scipy gives such a point ``cval``, added back by the caller)."""
     n_dst, n_sub = coords.shape
-    weights = np.zeros((n_dst, n_src + 1), dtype=np.float64)  # one spare column for the weight-0 right neighbour
-    inside = (coords >= 0.0) & (coords <= n_src - 1)
-    low = np.floor(np.where(inside, coords, 0.0)).astype(np.intp)
-    frac = np.where(inside, coords - low, 0.0)
-    rows = np.broadcast_to(np.arange(n_dst)[:, None], coords.shape)
-    np.add.at(weights, (rows[inside], low[inside]), (1.0 - frac[inside]) / n_sub)
-    np.add.at(weights, (rows[inside], low[inside] + 1), frac[inside] / n_sub)
-    return weights[:, :n_src]
+    weights = np.zeros((n_dst, n_src), dtype=np.float64)
+    rows = np.arange(n_dst)
+    for sub in range(n_sub):
+        for index, weight in _linear_taps(n_src, coords[:, sub], "constant"):
+            np.add.at(weights, (rows, index), weight / n_sub)
+    return weights
 
 
 def _zoom_shift_coords(n_out: int, zoom: float, shift: float, offsets: np.ndarray) -> np.ndarray:
