@@ -75,3 +75,30 @@ def test_resample_flipped_axis_grid() -> None:
     las[0, 3] = 3.0  # voxel i -> x = 3 - i, same box [0, 3]
     out = resample_to_grid(data, las, data.shape, ras, order=0)
     np.testing.assert_array_equal(out, data[::-1])
+
+
+@pytest.mark.parametrize("image_class", [nib.Nifti1Image, nib.Nifti2Image])
+def test_read_gz_matches_nibabel_with_scaling(tmp_path: Path, image_class: type) -> None:
+    """The ISA-L read of a .nii.gz gives nibabel's own values: int16 with slope/intercept, NIfTI-1 and -2."""
+    rng = np.random.default_rng(2)
+    raw = rng.integers(-1024, 3000, size=(9, 8, 7)).astype(np.int16)
+    affine = np.array([[-2.0, 0, 0, 10], [0, 3.0, 0, -5], [0, 0, 4.0, 7], [0, 0, 0, 1]])
+    img = image_class(raw, affine)
+    img.header.set_slope_inter(0.5, -3.0)
+    target = tmp_path / "ct.nii.gz"
+    nib.save(img, str(target))  # nibabel's own (zlib) writer
+    data, back_affine = read_array(target)
+    expected = np.asarray(nib.load(str(target)).dataobj, dtype=np.float32)
+    assert data.dtype == np.float32
+    np.testing.assert_array_equal(data, expected)
+    np.testing.assert_array_equal(data, raw.astype(np.float32) * 0.5 - 3.0)
+    np.testing.assert_allclose(back_affine, affine)
+
+
+def test_read_truncated_gz_names_the_file(tmp_path: Path) -> None:
+    noise = np.random.default_rng(3).random((16, 16, 16)).astype(np.float32)  # incompressible: the cut hits data
+    target = save_image(noise, np.eye(4), tmp_path / "spect.nii.gz")
+    packed = target.read_bytes()
+    target.write_bytes(packed[: len(packed) // 2])  # the header still reads; the data does not
+    with pytest.raises(CorxError, match=r"spect\.nii\.gz: image data could not be read"):
+        read_array(target)

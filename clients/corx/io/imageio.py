@@ -38,10 +38,18 @@ def read_array(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[np.nda
     """Return (data, affine) of a NIfTI image, data cast to ``dtype`` (scaling applied)."""
     img = load_image(path)
     try:
-        data = np.asarray(img.dataobj, dtype=dtype)
+        data = np.asarray(_in_memory(Path(path), img).dataobj, dtype=dtype)
     except Exception as exc:
         raise CorxError(f"{path}: image data could not be read ({exc})") from exc
     return data, img.affine.copy()
+
+
+def _in_memory(path: Path, img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A gzip-compressed NIfTI file decompressed whole with ISA-L (about twice as fast as nibabel's zlib stream
+    on a 256x256x164 CT, the same bytes); other images as loaded."""
+    if path.suffix != ".gz" or not isinstance(img, nib.Nifti1Image):
+        return img
+    return type(img).from_bytes(igzip.decompress(path.read_bytes()))
 
 
 @contextlib.contextmanager
