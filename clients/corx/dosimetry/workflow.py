@@ -27,7 +27,6 @@ tia_summary.json           parameters, code tables, counts, VOI rows, timings
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import os
 import time
@@ -42,6 +41,7 @@ from nibabel.affines import voxel_sizes
 
 from ..errors import CorxError
 from ..io.concurrency import concurrently, submit
+from ..io.dicom_outputs import DicomContent, write_dicom_outputs
 from ..io.imageio import atomic_path, save_image, save_json
 from ..io.labels import label_mask
 from .bed import BedResult, bed_map, load_radiobiology, voi_bed_columns
@@ -185,54 +185,11 @@ def write_dvh_csv(bins: np.ndarray, curves: dict[str, np.ndarray], target: Path,
     return Path(target)
 
 
-@dataclass
-class DicomContent:
-    """What the DICOM outputs hold: the dose map (Gy) and its mode, the label map and its VOIs. A few arrays of
-    :class:`TiaOutputs`, so that handing them to another process pickles MBs, not the whole result."""
-
-    dose_gy: np.ndarray | None = None
-    dose_mode: str = ""
-    labels: np.ndarray | None = None
-    vois: list[Voi] | None = None
-
-    @classmethod
-    def of(cls, result: TiaOutputs) -> DicomContent:
-        """The DICOM content of a `corx tia` result."""
-        return cls(dose_gy=result.dose.dose_gy if result.dose else None,
-                   dose_mode=result.dose.mode if result.dose else "", labels=result.labels, vois=result.vois)
-
-
-def write_dicom_outputs(content: DicomContent, affine: np.ndarray, out: Path, patient_id: str,
-                        uids: dict[str, str] | None = None, overwrite: bool = False) -> tuple[list[Path], str | None]:
-    """``dose.dcm`` (RT Dose, Gy), ``voi_seg.dcm`` (DICOM SEG of the VOIs) and ``voi_rtstruct.dcm`` (RT Structure
-    Set: the VOIs as contours on the dose planes) on the TIA grid, in the study and
-    frame of reference of ``uids`` (the reference CT's, when it is DICOM; new UIDs otherwise). Returns (files,
-    None), or ([], the reason) when the `dicom` extra (pydicom, highdicom) is not installed."""
-    if content.dose_gy is None and content.labels is None:
-        return [], None
-    if importlib.util.find_spec("pydicom") is None or importlib.util.find_spec("highdicom") is None:
-        return [], ("DICOM outputs (dose.dcm, voi_seg.dcm, voi_rtstruct.dcm) not written: install the extra, "
-                    "pip install 'corx[dicom]'")
-    from pydicom.uid import generate_uid
-
-    from ..io.dicom_export import write_rtdose, write_seg
-    from ..io.rtstruct import write_rtstruct
-
-    uids = uids or {}
-    study = uids.get("StudyInstanceUID") or generate_uid()
-    frame = uids.get("FrameOfReferenceUID") or generate_uid()
-    pid = uids.get("PatientID") or patient_id
-    written = []
-    if content.dose_gy is not None:
-        written.append(write_rtdose(content.dose_gy, affine, out / "dose.dcm", patient_id=pid,
-                                    frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite,
-                                    comment=f"177Lu absorbed dose ({content.dose_mode.upper()}, corx)"))
-    if content.labels is not None and content.vois:
-        written.append(write_seg(content.labels, affine, content.vois, out / "voi_seg.dcm", patient_id=pid,
-                                 frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
-        written.append(write_rtstruct(content.labels, affine, content.vois, out / "voi_rtstruct.dcm", patient_id=pid,
-                                      frame_of_reference_uid=frame, study_instance_uid=study, overwrite=overwrite))
-    return written, None
+def dicom_content(result: TiaOutputs) -> DicomContent:
+    """What the DICOM files of a `corx tia` result hold (a few of its arrays, the VOIs as plain pairs)."""
+    return DicomContent(dose_gy=result.dose.dose_gy if result.dose else None,
+                        dose_mode=result.dose.mode if result.dose else "", labels=result.labels,
+                        vois=[(voi.name, tuple(voi.labels)) for voi in result.vois] if result.vois else None)
 
 
 def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: bool = False,
@@ -241,7 +198,7 @@ def write_outputs(result: TiaOutputs, affine: np.ndarray, out: Path, overwrite: 
     ``overwrite``); ``dicom_uids`` see :func:`write_dicom_outputs`. The three parts are :func:`write_maps`,
     :func:`write_dicom_outputs` and :func:`write_summary` (the pipeline runs the first two in different processes)."""
     maps = write_maps(result, affine, out, overwrite)
-    dicom = write_dicom_outputs(DicomContent.of(result), affine, out, str((extra or {}).get("patient_id", "corx")),
+    dicom = write_dicom_outputs(dicom_content(result), affine, out, str((extra or {}).get("patient_id", "corx")),
                                 dicom_uids, overwrite)
     return write_summary(result, out, maps, dicom, overwrite, extra, dicom_uids)
 

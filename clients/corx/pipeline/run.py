@@ -30,12 +30,11 @@ from ..dosimetry.dose import parse_dose_mode
 from ..dosimetry.voi import Voi, default_vois, label_names_from_json, phantom_vois
 from ..dosimetry.workflow import (
     DEFAULT_DOSE_MODE,
-    DicomContent,
     TiaOutputs,
+    dicom_content,
     prior_half_life_map,
     run_tia_on_arrays,
     voxel_volume_ml,
-    write_dicom_outputs,
     write_maps,
     write_summary,
 )
@@ -51,6 +50,7 @@ from ..geometry.displacement import (
 from ..geometry.warp import field_to_nifti
 from ..io.concurrency import SideProcess, concurrently, side_process_wanted, submit
 from ..io.dicom import study_uids
+from ..io.dicom_outputs import DICOM_WRITER_MODULES, write_dicom_outputs
 from ..io.inputs import labels_on_grid, read_volume
 from ..io.manifest import Manifest, TimePoint, load_manifest
 from ..io.volume import Volume
@@ -122,7 +122,6 @@ OUTPUTS: dict[str, str] = {
     "COMPLETE": "written last: the results are complete; sizes and SHA-256 of every file",
 }
 #: imported by the side process as it starts (during the registrations), so the DICOM writers are ready at the end
-WRITER_MODULES = ("corx.dosimetry.workflow", "corx.io.dicom_export", "corx.io.rtstruct")
 MANAGED = tuple(sorted({*TIA_OUTPUT_NAMES, "registered", "fields", "figures", "report.html", "pipeline.json",
                         "truth_comparison.csv"}))
 
@@ -202,7 +201,7 @@ def _make_method(method: str | Method, server: str | None, protocol: str, backen
 def _writer_modules() -> tuple[str, ...]:
     """What the side process imports as it starts: the writers, and pydicom/highdicom where installed."""
     extra = tuple(name for name in ("pydicom", "highdicom") if importlib.util.find_spec(name) is not None)
-    return WRITER_MODULES + extra
+    return DICOM_WRITER_MODULES + extra
 
 
 def _input_paths(m: Manifest) -> list[Path]:
@@ -386,7 +385,7 @@ class _Run:
 
             def write() -> None:
                 root = self.staging.root
-                dicom_args = (DicomContent.of(result), self.affine, root, self.m.patient_id, uids)
+                dicom_args = (dicom_content(result), self.affine, root, self.m.patient_id, uids)
                 # the DICOM files (pure Python) in the side process, the maps (gzip releases the GIL) here
                 dicom_job = self.side.submit(write_dicom_outputs, *dicom_args) if self.side is not None else None
                 maps = write_maps(result, self.affine, root)
