@@ -189,3 +189,25 @@ def test_missing_library_names_the_extra(tmp_path: Path, monkeypatch: pytest.Mon
             write_rtdose(_dose(), _affine("ras"), tmp_path / "d.dcm", patient_id="P001")
         else:
             write_seg(_labels(), _affine("ras"), {4: "liver"}, tmp_path / "s.dcm", patient_id="P001")
+
+
+def test_the_dicom_writers_import_no_dosimetry() -> None:
+    """The side process imports DICOM_WRITER_MODULES as it starts: they must stay light (no dosimetry, no
+    matplotlib, no torch), and the content handed to it pickles without a corx.dosimetry class."""
+    import pickle
+    import subprocess
+    from types import SimpleNamespace
+
+    from corx.dosimetry.workflow import dicom_content
+    from corx.io.dicom_outputs import DICOM_WRITER_MODULES
+
+    code = ("import importlib, sys\n"
+            f"for name in {DICOM_WRITER_MODULES!r}: importlib.import_module(name)\n"
+            "print(sorted({m.split('.')[0] + '.' + m.split('.')[1] if m.startswith('corx.') else m.split('.')[0]\n"
+            "              for m in sys.modules} & {'corx.dosimetry', 'corx.pipeline', 'matplotlib', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    result = SimpleNamespace(dose=None, labels=np.ones((2, 2, 2), np.uint8), vois=[Voi("kidney", (1, 2))])
+    content = dicom_content(result)  # type: ignore[arg-type]
+    assert content.vois == [("kidney", (1, 2))]
+    assert b"corx.dosimetry" not in pickle.dumps(content)
