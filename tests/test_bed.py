@@ -95,17 +95,21 @@ def test_bed_map_uses_the_selected_two_exponential_curve() -> None:
     from corx.dosimetry.bed import bed_from_factor, lea_catcheside_factor
     from corx.dosimetry.kinetics_models import KineticModel
 
-    dose = np.full((3,), 10.0, np.float32)
+    dose = np.full((4,), 10.0, np.float32)
     lam = np.full(dose.shape, math.log(2) / 40.0, np.float32)
-    codes = np.array([KineticModel.MONOEXP, KineticModel.UPTAKE_WASHOUT, KineticModel.BIEXP], np.uint8)
-    comps = np.array([[1.0, 1.0, 0.7], [0.05, 0.01, 0.3], [0.0, -1.0, 0.3], [0.05, 0.1, 0.012]], np.float32)
+    codes = np.array([KineticModel.MONOEXP, KineticModel.UPTAKE_WASHOUT, KineticModel.BIEXP, KineticModel.BIEXP],
+                     np.uint8)
+    comps = np.array([[1.0, 1.0, 0.7, 0.7], [0.05, 0.01, 0.3, 0.3], [0.0, -1.0, 0.3, 0.3], [0.05, 0.1, 0.012, 0.0]],
+                     np.float32)  # the last curve does not decay: no G of its own, the mono one is kept
     result = bed_map(dose, lam, multimodel=(codes, comps))
-    assert result.bed_gy[0] == pytest.approx(float(bed_gy(10.0, 40.0, 3.0, 2.5)), rel=1e-6)  # mono: eq.-6 fit
+    mono = float(bed_gy(10.0, 40.0, 3.0, 2.5))
+    assert result.bed_gy[0] == pytest.approx(mono, rel=1e-6)  # mono: eq.-6 fit
+    assert result.bed_gy[3] == pytest.approx(mono, rel=1e-6)
     for i in (1, 2):
         g = float(lea_catcheside_factor(comps[:, i:i + 1], 2.5)[0])
         assert result.bed_gy[i] == pytest.approx(float(bed_from_factor(10.0, g, 3.0)), rel=1e-6)
         assert result.bed_gy[i] != pytest.approx(result.bed_gy[0], rel=1e-3)
-    assert result.two_exponential_fraction == pytest.approx(2 / 3)
+    assert result.two_exponential_fraction == pytest.approx(2 / 4)
 
 
 def test_multimodel_components_reproduce_the_fitted_tia() -> None:

@@ -155,11 +155,13 @@ def bed_map(dose_gy: np.ndarray, lambda_eff_per_h: np.ndarray, labels: np.ndarra
     g = t_rep / (t_rep + t_eff)
     fitted = np.isfinite(lambda_eff_per_h) & (lambda_eff_per_h > 0)
     two = np.zeros(dose_gy.shape, bool)
-    if multimodel is not None:
+    if multimodel is not None:  # G of the two-exponential curves, computed where they were selected (~0.2 %)
         codes, components = multimodel
-        g_two = lea_catcheside_factor(components, t_rep)
-        two = label_mask(codes, TWO_EXPONENTIAL_MODELS) & np.isfinite(g_two)
-        g = np.where(two, g_two, g)
+        two = label_mask(codes, TWO_EXPONENTIAL_MODELS)
+        g_two = lea_catcheside_factor(components[:, two], t_rep[two])
+        valid = np.isfinite(g_two)
+        two[two] = valid
+        g[two] = g_two[valid]
     dosed = dose_gy > 0
     n_dosed = max(int(dosed.sum()), 1)
     fallback = float((dosed & ~fitted & ~two).sum() / n_dosed)
