@@ -1,7 +1,8 @@
 """The DICOM files of a TIA result (RT Dose, SEG, RT Structure Set), written from plain data.
 
-Light on purpose: the pipeline's side process imports this module, pydicom and highdicom only (not the dosimetry,
-nibabel's image classes or scipy), so that it is ready sooner and takes less CPU from the pipeline.
+Light on purpose: the pipeline's side process imports this module, its two writers, pydicom and highdicom as it
+starts, and none of the dosimetry (nor scipy.fft, scipy.ndimage, scipy.special behind it), so that it is ready
+sooner and takes less CPU from the pipeline.
 """
 
 from __future__ import annotations

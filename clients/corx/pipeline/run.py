@@ -121,7 +121,6 @@ OUTPUTS: dict[str, str] = {
     "pipeline.json": "summary: method, per-time-point statistics, point, timings, truth comparison",
     "COMPLETE": "written last: the results are complete; sizes and SHA-256 of every file",
 }
-#: imported by the side process as it starts (during the registrations), so the DICOM writers are ready at the end
 MANAGED = tuple(sorted({*TIA_OUTPUT_NAMES, "registered", "fields", "figures", "report.html", "pipeline.json",
                         "truth_comparison.csv"}))
 
